@@ -1,0 +1,48 @@
+"""inference-forwarder: forward queued inference tasks to a model server, on Celery.
+
+The package imports nothing heavy on its own: the gevent switch in ``forwarder.__main__`` must be
+able to patch before celery or requests are imported, so public names load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ClientError": "forwarder.errors",
+    "ConfigError": "forwarder.errors",
+    "ForwarderError": "forwarder.errors",
+    "ModelResponseError": "forwarder.errors",
+    "ModelServerError": "forwarder.errors",
+    "ModelServerTimeout": "forwarder.errors",
+    "ModelServerUnavailable": "forwarder.errors",
+    "PayloadError": "forwarder.errors",
+    "TaskWaitTimeout": "forwarder.errors",
+    "Forwarder": "forwarder.forwarding",
+    "ForwarderClient": "forwarder.client",
+    "TaskResult": "forwarder.client",
+    "ModelServerSettings": "forwarder.settings",
+    "Settings": "forwarder.settings",
+    "WorkerSettings": "forwarder.settings",
+    "load_settings": "forwarder.settings",
+    "LIRA_TASK_NAME": "forwarder.worker",
+    "LEGACY_TASK_NAME": "forwarder.worker",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'forwarder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

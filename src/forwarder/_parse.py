@@ -1,0 +1,146 @@
+"""Parsers for setting values: each returns the typed value or raises ``Invalid(what is allowed)``.
+
+Values arrive as YAML scalars (already typed) or as strings (environment, flags), so each parser
+accepts both forms of the same thing and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+BROKER_SCHEMES = ("redis", "rediss")
+RESULT_BACKEND_SCHEMES = ("redis", "rediss", "file")
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_.\-]+$|^\[[0-9A-Fa-f:.]+\]$")
+
+
+class Invalid(ValueError):
+    """The value is not allowed; the message says what is."""
+
+
+def nonempty(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid("a non-empty string")
+    return value.strip()
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise Invalid("true or false")
+
+
+def _integer(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)
+    return None
+
+
+def positive_int(value: object) -> int:
+    number = _integer(value)
+    if number is None or number < 1:
+        raise Invalid("a positive whole number")
+    return number
+
+
+def non_negative_int(value: object) -> int:
+    number = _integer(value)
+    if number is None or number < 0:
+        raise Invalid("a whole number, 0 or more")
+    return number
+
+
+def port(value: object) -> int:
+    number = _integer(value)
+    if number is None or not 1 <= number <= 65535:
+        raise Invalid("a port number from 1 to 65535")
+    return number
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def positive_number(value: object) -> float:
+    number = _number(value)
+    if number is None or not number > 0 or number == float("inf"):
+        raise Invalid("a positive number of seconds")
+    return number
+
+
+def non_negative_number(value: object) -> float:
+    number = _number(value)
+    if number is None or not number >= 0 or number == float("inf"):
+        raise Invalid("a number of seconds, 0 or more (0 means no limit)")
+    return number
+
+
+def choice(*allowed: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if not isinstance(value, str) or value.strip() not in allowed:
+            raise Invalid(f"one of {', '.join(allowed)}")
+        return value.strip()
+
+    return parse
+
+
+def optional(parse: Callable[[object], object]) -> Callable[[object], object]:
+    def parse_optional(value: object) -> object:
+        return None if value is None else parse(value)
+
+    return parse_optional
+
+
+def route(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or " " in value:
+        raise Invalid("a path starting with /, for example /predict")
+    return value
+
+
+def hostname(value: object) -> str:
+    if not isinstance(value, str) or not _HOSTNAME.match(value):
+        raise Invalid("a host name or IP address, without scheme or port, for example localhost")
+    return value
+
+
+def _url(value: object, schemes: tuple[str, ...], example: str) -> str:
+    allowed = f"a URL with scheme {', '.join(schemes)}, for example {example}"
+    if not isinstance(value, str):
+        raise Invalid(allowed)
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise Invalid(allowed) from None
+    if parts.scheme not in schemes or (parts.scheme != "file" and not parts.hostname):
+        raise Invalid(allowed)
+    return value.strip()
+
+
+def broker_url(value: object) -> str:
+    return _url(value, BROKER_SCHEMES, "redis://127.0.0.1:6379/0")
+
+
+def result_backend_url(value: object) -> str:
+    return _url(value, RESULT_BACKEND_SCHEMES, "redis://127.0.0.1:6379/1")
+
+
+def http_url(value: object) -> str:
+    return _url(value, ("https", "http"), "https://sqs.us-east-1.amazonaws.com/123456789012/queue")

@@ -1,0 +1,15 @@
+"""Result backends: Celery's own, extended to store model-engine's ``custom`` error payload.
+
+Each module subclasses one Celery backend with ``ErrorPayloadMixin``; ``BACKEND_CLASSES`` maps a
+result-backend URL scheme to the class that serves it.
+"""
+
+from __future__ import annotations
+
+BACKEND_CLASSES = {
+    "redis": "forwarder.backends.redis:RedisBackend",
+    "rediss": "forwarder.backends.redis:RedisBackend",
+    "file": "forwarder.backends.filesystem:FilesystemBackend",
+}
+
+__all__ = ["BACKEND_CLASSES"]

@@ -1,0 +1,119 @@
+"""Where tasks and results live: the embedded default, Redis, or SQS; and the Celery app over them.
+
+The embedded default needs no server: kombu's filesystem transport and Celery's file result
+backend under one data folder. It is at-most-once: a message is taken off the queue when a worker
+reads it, so a task in flight when its worker dies is lost. Redis and SQS keep an unacknowledged
+message and deliver it again after the visibility timeout (at-least-once).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from forwarder.backends import BACKEND_CLASSES
+from forwarder.errors import ConfigError
+from forwarder.settings import Settings, WorkerSettings
+
+__all__ = ["BrokerConfig", "broker_config", "celery_app"]
+
+# Low enough that an idle embedded worker answers within a tenth of a second, high enough that
+# polling an empty folder costs next to nothing.
+EMBEDDED_POLLING_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    kind: str  # "embedded", "redis" or "sqs"
+    broker_url: str
+    result_backend: str
+    transport_options: dict[str, Any] = field(default_factory=dict)
+
+
+def broker_config(worker: WorkerSettings) -> BrokerConfig:
+    """The broker and result backend the settings select."""
+    if worker.sqs_url and worker.broker_url:
+        raise ConfigError("--sqs-url", worker.sqs_url, "either --sqs-url or --broker-url, not both")
+    if worker.sqs_url:
+        return _sqs(worker)
+    if worker.broker_url:
+        return BrokerConfig(
+            kind="redis",
+            broker_url=worker.broker_url,
+            result_backend=worker.result_backend or worker.broker_url,
+            transport_options={"visibility_timeout": worker.visibility_timeout},
+        )
+    return _embedded(worker)
+
+
+def _embedded(worker: WorkerSettings) -> BrokerConfig:
+    root = worker.data_dir.expanduser().resolve()
+    folders = {name: root / name for name in ("queue", "control", "results")}
+    for folder in folders.values():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                "data_dir", str(root), f"a writable folder ({exc.strerror})"
+            ) from None
+    return BrokerConfig(
+        kind="embedded",
+        broker_url="filesystem://",
+        result_backend=worker.result_backend or f"file://{folders['results']}",
+        transport_options={
+            "data_folder_in": str(folders["queue"]),
+            "data_folder_out": str(folders["queue"]),
+            "control_folder": str(folders["control"]),
+            "polling_interval": EMBEDDED_POLLING_INTERVAL,
+        },
+    )
+
+
+def _sqs(worker: WorkerSettings) -> BrokerConfig:
+    if not worker.result_backend:
+        raise ConfigError(
+            "--result-backend", None, "a result backend URL; an SQS broker keeps no results"
+        )
+    queue_options: dict[str, Any] = {
+        "url": worker.sqs_url,
+        # kombu ignores the global visibility_timeout for predefined queues.
+        "visibility_timeout": worker.visibility_timeout,
+    }
+    options: dict[str, Any] = {"predefined_queues": {worker.queue: queue_options}}
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        options["region"] = region
+    return BrokerConfig(
+        kind="sqs",
+        broker_url="sqs://",
+        result_backend=worker.result_backend,
+        transport_options=options,
+    )
+
+
+def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
+    """A Celery app speaking the wire protocol: JSON only, late acks, one prefetch per slot."""
+    config = broker_config(settings.worker)
+    app = Celery(
+        name, broker=config.broker_url, backend=config.result_backend, set_as_current=False
+    )
+    app.loader.override_backends = dict(BACKEND_CLASSES)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.worker.queue,
+        broker_transport_options=config.transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=True,
+        worker_redirect_stdouts=False,
+    )
+    return app

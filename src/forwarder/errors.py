@@ -1,0 +1,71 @@
+"""Every error the forwarder raises on purpose derives from one root.
+
+    ForwarderError
+     ├── ConfigError                 a setting has a value that is not allowed (stops start-up)
+     ├── PayloadError                a task's payload cannot be forwarded (fails that task only)
+     ├── ModelServerError            the model server did not give a usable reply (fails that task)
+     │    ├── ModelServerUnavailable   could not connect, after every retry
+     │    ├── ModelServerTimeout       connected, but no reply within the timeout
+     │    └── ModelResponseError       replied, but the body is not JSON
+     └── ClientError                 raised by the client (submit / get / wait)
+          └── TaskWaitTimeout          the task did not finish within the wait
+
+Task errors carry a single message argument so that any Celery client can rebuild them from the
+stored ``exc_type`` / ``exc_message``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientError",
+    "ConfigError",
+    "ForwarderError",
+    "ModelResponseError",
+    "ModelServerError",
+    "ModelServerTimeout",
+    "ModelServerUnavailable",
+    "PayloadError",
+    "TaskWaitTimeout",
+]
+
+
+class ForwarderError(Exception):
+    """Root of the forwarder's own errors."""
+
+
+class ConfigError(ForwarderError):
+    """A setting's value is not allowed; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {key}={value!r}; allowed: {allowed}")
+
+
+class PayloadError(ForwarderError):
+    """The task's payload cannot be forwarded (not a JSON object, or not JSON-serialisable)."""
+
+
+class ModelServerError(ForwarderError):
+    """The model server did not give a usable reply."""
+
+
+class ModelServerUnavailable(ModelServerError):
+    """No connection to the model server could be made."""
+
+
+class ModelServerTimeout(ModelServerError):
+    """The model server accepted the request but did not reply in time."""
+
+
+class ModelResponseError(ModelServerError):
+    """The model server replied with a body that is not JSON."""
+
+
+class ClientError(ForwarderError):
+    """An error on the client side of the queue."""
+
+
+class TaskWaitTimeout(ClientError):
+    """A task did not reach a final state within the wait."""

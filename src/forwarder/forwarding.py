@@ -1,0 +1,181 @@
+"""Forward one payload to the model server and shape its reply as model-engine's async result.
+
+One pooled keep-alive ``requests.Session`` per process (a fresh one after fork), never one per task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from forwarder.errors import (
+    ModelResponseError,
+    ModelServerTimeout,
+    ModelServerUnavailable,
+    PayloadError,
+)
+from forwarder.settings import ModelServerSettings
+
+__all__ = ["Forwarder", "unwrap_payload", "wrap_response"]
+
+log = logging.getLogger(__name__)
+
+SERIALIZE_KEY = "serialize_results_as_string"
+_REPLY_EXCERPT = 200
+
+
+def unwrap_payload(payload: Mapping[str, Any], model: ModelServerSettings) -> tuple[Any, bool]:
+    """The body to POST and whether to serialise the result as a string.
+
+    Like model-engine, a payload (or its ``args``) may carry ``serialize_results_as_string`` to
+    override the setting for that request; a non-boolean there is ignored.
+    """
+    serialize = _payload_serialize_flag(payload)
+    body: Any = payload
+    if model.model_engine_unwrap:
+        body = payload.get("args", payload)
+        if serialize is None and isinstance(body, Mapping):
+            serialize = _payload_serialize_flag(body)
+    return body, model.serialize_results_as_string if serialize is None else serialize
+
+
+def _payload_serialize_flag(payload: Mapping[str, Any]) -> bool | None:
+    value = payload.get(SERIALIZE_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        log.warning("ignoring %s=%r in payload: expected true or false", SERIALIZE_KEY, value)
+        return None
+    return value
+
+
+def wrap_response(
+    response: Any, status_code: int, model: ModelServerSettings, serialize_as_string: bool
+) -> Any:
+    """``{"result": ..., "status_code": ...}`` as configured, or the bare response."""
+    if not model.wrap_response:
+        return response
+    wrapped: dict[str, Any] = {"result": json.dumps(response) if serialize_as_string else response}
+    if model.forward_http_status_in_body:
+        wrapped["status_code"] = status_code
+    return wrapped
+
+
+class Forwarder:
+    """POSTs payloads to the model server over a per-process keep-alive session."""
+
+    def __init__(
+        self,
+        model: ModelServerSettings,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int,
+    ) -> None:
+        self.model = model
+        self.timeout = (connect_timeout, read_timeout)
+        self.pool_size = pool_size
+        self._session: requests.Session | None = None
+        self._session_pid = 0
+        self._lock = threading.Lock()
+
+    def session(self) -> requests.Session:
+        # A session inherited through fork shares its sockets with the parent: build a new one.
+        if self._session is None or self._session_pid != os.getpid():
+            with self._lock:
+                if self._session is None or self._session_pid != os.getpid():
+                    self._session = self._new_session()
+                    self._session_pid = os.getpid()
+        return self._session
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        # Retries are the task's job (with backoff, through the broker); sized so that every
+        # greenlet of a gevent worker keeps its connection instead of reconnecting per request.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def __call__(self, payload: object, headers: Mapping[str, str] | None = None) -> Any:
+        if not isinstance(payload, Mapping):
+            raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
+        body, serialize_as_string = unwrap_payload(payload, self.model)
+        try:
+            data = json.dumps(body, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"payload cannot be sent as JSON: {exc}") from None
+        url = self.model.predict_url
+        try:
+            reply = self.session().post(
+                url,
+                data=data,
+                headers={"Content-Type": "application/json", **(headers or {})},
+                timeout=self.timeout,
+            )
+        except requests.exceptions.ConnectionError as exc:
+            raise ModelServerUnavailable(
+                f"cannot connect to model server at {url}: {exc}"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise ModelServerTimeout(
+                f"model server at {url} did not reply within {self.timeout[1]:g} s"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise ModelServerUnavailable(
+                f"request to model server at {url} failed: {exc}"
+            ) from None
+        try:
+            response = reply.json()
+        except ValueError:
+            excerpt = reply.text[:_REPLY_EXCERPT]
+            raise ModelResponseError(
+                f"model server at {url} replied HTTP {reply.status_code} with a body that is not "
+                f"JSON ({reply.headers.get('Content-Type', 'no content type')}, "
+                f"{len(reply.content)} bytes): {excerpt!r}"
+            ) from None
+        return wrap_response(response, reply.status_code, self.model, serialize_as_string)
+
+    def wait_until_ready(
+        self,
+        timeout: float = 0.0,
+        *,
+        interval: float = 1.0,
+        log_every: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Block until the readiness route answers 200; ``timeout`` 0 waits for ever."""
+        url = self.model.healthcheck_url
+        started = last_log = time.monotonic()
+        log.info("waiting for model server to be ready at %s", url)
+        while True:
+            try:
+                status = requests.get(url, timeout=self.timeout).status_code
+                problem = f"HTTP {status}"
+            except requests.exceptions.RequestException as exc:
+                status, problem = 0, type(exc).__name__
+            if status == 200:
+                log.info("model server is ready at %s", url)
+                return
+            now = time.monotonic()
+            if timeout and now - started >= timeout:
+                raise ModelServerUnavailable(
+                    f"model server at {url} not ready after {timeout:g} s (last: {problem})"
+                )
+            if now - last_log >= log_every:
+                log.info(
+                    "still waiting for model server at %s (%s, %.0f s so far)",
+                    url,
+                    problem,
+                    now - started,
+                )
+                last_log = now
+            sleep(interval)

@@ -1,0 +1,128 @@
+"""The worker: one task, registered under both of model-engine's names, run by a Celery worker.
+
+A task POSTs its payload to the model server and returns the shaped reply. A connection error
+(the model server may be restarting) sends the task back through the broker with backoff, up to
+``model_retries`` times; any other error fails that task alone, with model-engine's ``custom``
+error payload stored next to Celery's ``exc_type`` / ``exc_message``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Celery, Task
+
+from forwarder.brokers import broker_config, celery_app
+from forwarder.errors import ForwarderError, ModelServerUnavailable
+from forwarder.forwarding import Forwarder
+from forwarder.settings import Settings, mask_url
+
+__all__ = ["LEGACY_TASK_NAME", "LIRA_TASK_NAME", "TASK_NAMES", "create_worker_app", "run_worker"]
+
+LIRA_TASK_NAME = "ml_serve.celery_service.exec_func"
+LEGACY_TASK_NAME = "hosted_model_inference.inference.async_inference.tasks.predict"
+TASK_NAMES = (LIRA_TASK_NAME, LEGACY_TASK_NAME)
+
+log = logging.getLogger(__name__)
+
+
+def retry_delay(attempt: int, cap: float) -> float:
+    """Exponential backoff from 1 s, capped, with jitter so restarted workers do not stampede."""
+    return min(cap, 2.0**attempt) * random.uniform(0.5, 1.0)
+
+
+def build_forwarder(settings: Settings) -> Forwarder:
+    worker = settings.worker
+    return Forwarder(
+        settings.model,
+        connect_timeout=worker.connect_timeout_seconds,
+        read_timeout=worker.model_timeout_seconds,
+        pool_size=max(worker.concurrency, 10),
+    )
+
+
+def create_worker_app(settings: Settings, forwarder: Forwarder) -> Celery:
+    """A Celery app with the forwarding task registered under both task names."""
+    app = celery_app(settings)
+    retries = settings.worker.model_retries
+    backoff_cap = settings.worker.retry_backoff_max_seconds
+
+    def forward(
+        task: Task, payload: Any, arrival_timestamp: Any = None, *extra_args: Any, **extra: Any
+    ) -> Any:
+        if extra_args:
+            log.warning(
+                "task %s: ignoring %d extra positional argument(s)",
+                task.request.id,
+                len(extra_args),
+            )
+        if extra:
+            log.warning("task %s: ignoring keyword argument(s) %s", task.request.id, sorted(extra))
+        try:
+            return forwarder(payload)
+        except ModelServerUnavailable as exc:
+            attempt = task.request.retries
+            if attempt >= retries:
+                raise ModelServerUnavailable(
+                    f"{exc}; gave up after {attempt + 1} attempt(s)"
+                ) from None
+            delay = retry_delay(attempt, backoff_cap)
+            log.warning(
+                "task %s: model server unavailable, retry %d of %d in %.1f s",
+                task.request.id,
+                attempt + 1,
+                retries,
+                delay,
+            )
+            raise task.retry(exc=exc, countdown=delay) from None
+
+    for name in TASK_NAMES:
+        app.task(
+            forward,
+            name=name,
+            bind=True,
+            track_started=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            max_retries=None,
+            # Expected failures: stored as FAILURE, logged without a worker-level traceback.
+            throws=(ForwarderError,),
+        )
+    return app
+
+
+def run_worker(settings: Settings) -> int:
+    """Wait for the model server, then consume until a shutdown signal. Returns the exit code."""
+    worker = settings.worker
+    config = broker_config(worker)
+    log.info(
+        "forwarder worker: pool=%s concurrency=%d queue=%s broker=%s results=%s model=%s",
+        worker.pool,
+        worker.concurrency,
+        worker.queue,
+        mask_url(config.broker_url)
+        if config.kind != "embedded"
+        else f"embedded ({worker.data_dir})",
+        mask_url(config.result_backend),
+        settings.model.predict_url,
+    )
+    forwarder = build_forwarder(settings)
+    forwarder.wait_until_ready(worker.readiness_timeout_seconds)
+    app = create_worker_app(settings, forwarder)
+    options: dict[str, Any] = {
+        "pool": worker.pool,
+        "concurrency": worker.concurrency,
+        "queues": [worker.queue],
+        "loglevel": worker.log_level,
+        "optimization": "fair",
+        # Worker-to-worker chatter buys nothing here and costs broker traffic on every replica.
+        "without_gossip": True,
+        "without_mingle": True,
+    }
+    if worker.pool == "prefork" and worker.max_tasks_per_child:
+        options["max_tasks_per_child"] = worker.max_tasks_per_child
+    celery_worker = app.Worker(**options)
+    celery_worker.start()
+    return int(celery_worker.exitcode or 0)
