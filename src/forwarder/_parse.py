@@ -39,7 +39,7 @@ def _integer(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
         return int(value)
     return None
 
@@ -115,7 +115,7 @@ def route(value: object) -> str:
 
 
 def hostname(value: object) -> str:
-    if not isinstance(value, str) or not _HOSTNAME.match(value):
+    if not isinstance(value, str) or not _HOSTNAME.fullmatch(value):
         raise Invalid("a host name or IP address, without scheme or port, for example localhost")
     return value
 
@@ -129,7 +129,10 @@ def _url(value: object, schemes: tuple[str, ...], example: str) -> str:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
         raise Invalid(allowed) from None
-    if parts.scheme not in schemes or (parts.scheme != "file" and not parts.hostname):
+    if parts.scheme not in schemes:
+        raise Invalid(allowed)
+    # file:// needs a folder; every other scheme needs a host.
+    if not (parts.path.strip("/") if parts.scheme == "file" else parts.hostname):
         raise Invalid(allowed)
     return value.strip()
 

@@ -40,7 +40,19 @@ class ConfigError(ForwarderError):
         self.key = key
         self.value = value
         self.allowed = allowed
-        super().__init__(f"invalid {key}={value!r}; allowed: {allowed}")
+        # The three parts are the args, so that pickle and Celery rebuild it with cls(*args).
+        super().__init__(key, value, allowed)
+
+    def __str__(self) -> str:
+        # One line always: a key or explanation with a line break (a quoted YAML key) is escaped.
+        return _one_line(f"invalid {self.key}={self.value!r}; allowed: {self.allowed}")
+
+
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines() splits on
+
+
+def _one_line(text: str) -> str:
+    return "".join(repr(char)[1:-1] if char in _LINE_BREAKS else char for char in text)
 
 
 class PayloadError(ForwarderError):

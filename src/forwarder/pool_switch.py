@@ -18,12 +18,18 @@ MAX_TASKS_ENV = "CELERY_WORKER_MAX_TASKS_PER_CHILD"
 
 
 def requested_pool(argv: Sequence[str], environ: Mapping[str, str]) -> str:
-    """The pool a ``worker`` command asks for: ``--pool`` wins over the environment."""
+    """The pool a ``worker`` command asks for: ``--pool`` wins over the environment.
+
+    Read as argparse reads it: the last ``--pool`` given wins, surrounding blanks are dropped.
+    """
+    flag = None
     for index, arg in enumerate(argv):
         if arg == "--pool" and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith("--pool="):
-            return arg.partition("=")[2]
+            flag = argv[index + 1]
+        elif arg.startswith("--pool="):
+            flag = arg.partition("=")[2]
+    if flag is not None and flag.strip():
+        return flag.strip()
     return environ.get(POOL_ENV, "").strip() or "prefork"
 
 

@@ -24,6 +24,7 @@ from forwarder._parse import (
     choice,
     hostname,
     http_url,
+    non_negative_int,
     non_negative_number,
     nonempty,
     optional,
@@ -112,6 +113,10 @@ class Settings:
     firehose_max_pool_connections: int = 10
 
 
+def _folder(value: object) -> Path:
+    return Path(nonempty(os.fspath(value) if isinstance(value, os.PathLike) else value))
+
+
 @dataclass(frozen=True)
 class _Field:
     section: str  # attribute of Settings holding the value, "" for Settings itself
@@ -154,13 +159,11 @@ _FIELDS = (
         flag="--result-backend",
     ),
     _worker("sqs_url", optional(http_url), flag="--sqs-url"),
-    _worker(
-        "data_dir", lambda v: Path(str(nonempty(v))), env="FORWARDER_DATA_DIR", flag="--data-dir"
-    ),
+    _worker("data_dir", _folder, env="FORWARDER_DATA_DIR", flag="--data-dir"),
     _worker("task_visibility", choice(*TASK_VISIBILITY_SECONDS), flag="--task-visibility"),
     _worker("model_timeout_seconds", positive_number),
     _worker("connect_timeout_seconds", positive_number),
-    _worker("model_retries", lambda v: 0 if v in (0, "0") else positive_int(v)),
+    _worker("model_retries", non_negative_int),
     _worker("retry_backoff_max_seconds", positive_number),
     _worker("readiness_timeout_seconds", non_negative_number),
     _worker("log_level", choice(*LOG_LEVELS), env="FORWARDER_LOG_LEVEL", flag="--log-level"),
@@ -203,7 +206,8 @@ def load_settings(
             values[spec.section][spec.name] = _parse(spec, key, raw)
     unknown_flags = set(flags or {}) - {s.flag for s in _FIELDS if s.flag}
     if unknown_flags:
-        raise ConfigError(sorted(unknown_flags)[0], flags, "not a settings flag")
+        unknown = sorted(unknown_flags)[0]
+        raise ConfigError(unknown, (flags or {})[unknown], "not a settings flag")
     return replace(
         Settings(**values[""]),
         model=ModelServerSettings(**values["model"]),
@@ -238,6 +242,8 @@ def _read_file(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("--config", str(path), f"a readable file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError("--config", str(path), "a UTF-8 text file of YAML or JSON") from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -259,12 +265,18 @@ def _apply_override(document: dict[str, Any], override: str) -> None:
     target = document
     *parents, leaf = key_path.split(".")
     for name in parents:
-        child = target.setdefault(name, {})
+        child = target.get(name)
+        if child is None:  # absent, or an empty section (`forwarder:` with nothing under it)
+            child = target[name] = {}
         if not isinstance(child, dict):
             raise ConfigError("--set", override, f"{name} is not a section")
         target = child
     # YAML scalars, so that `true`, `5005` and `[a, b]` mean what they mean in the file.
-    target[leaf] = yaml.safe_load(text) if text else ""
+    try:
+        target[leaf] = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise ConfigError("--set", override, f"a YAML value after = ({problem})") from None
 
 
 def _check_document(document: Mapping[str, Any]) -> dict[str, object]:
@@ -289,7 +301,9 @@ def _check_document(document: Mapping[str, Any]) -> dict[str, object]:
 def _section(
     holder: Mapping[str, Any], prefix: str, name: str, allowed: Sequence[str]
 ) -> dict[str, Any]:
-    value = holder.get(name) or {}
+    value = holder.get(name)
+    if value is None:  # absent, or present with nothing under it
+        return {}
     if not isinstance(value, dict):
         raise ConfigError(f"{prefix}{name}", value, "a mapping of settings")
     _check_keys(value, f"{prefix}{name}.", allowed)
@@ -305,8 +319,14 @@ def _check_keys(mapping: Mapping[str, Any], prefix: str, allowed: Sequence[str])
 
 
 def _check_unsupported(section: Mapping[str, Any]) -> None:
-    if section.get("use_grpc"):
-        raise ConfigError("forwarder.async.use_grpc", section["use_grpc"], "false (HTTP only)")
+    use_grpc = section.get("use_grpc")
+    if use_grpc is not None:
+        try:
+            grpc = boolean(use_grpc)
+        except Invalid:
+            grpc = True
+        if grpc:
+            raise ConfigError("forwarder.async.use_grpc", use_grpc, "false (HTTP only)")
     if section.get("batch_route") is not None:
         raise ConfigError(
             "forwarder.async.batch_route", section["batch_route"], "null (no batch route)"
@@ -318,6 +338,8 @@ def mask_url(url: str | None) -> str | None:
     if not url or "@" not in url:
         return url
     scheme, sep, rest = url.partition("://")
+    if not sep:  # no scheme: the credentials start the string
+        scheme, rest = "", url
     credentials, _, host = rest.rpartition("@")
     user = credentials.partition(":")[0]
     return f"{scheme}{sep}{user}:***@{host}"
