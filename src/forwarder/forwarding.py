@@ -157,8 +157,13 @@ class Forwarder:
         started = last_log = time.monotonic()
         log.info("waiting for model server to be ready at %s", url)
         while True:
+            probe_timeout = self.timeout
+            if timeout:
+                # A readiness route that hangs must not hold the wait past its own timeout.
+                left = max(timeout - (time.monotonic() - started), 0.05)
+                probe_timeout = (min(self.timeout[0], left), min(self.timeout[1], left))
             try:
-                status = requests.get(url, timeout=self.timeout).status_code
+                status = requests.get(url, timeout=probe_timeout).status_code
                 problem = f"HTTP {status}"
             except requests.exceptions.RequestException as exc:
                 status, problem = 0, type(exc).__name__
