@@ -113,6 +113,9 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
         task_default_queue=settings.worker.queue,
         broker_transport_options=config.transport_options,
         broker_connection_retry_on_startup=True,
+        # Otherwise Celery builds a backend (and a Redis connection pool) per thread, which under
+        # gevent means one per greenlet; the backends used here are safe to share in a process.
+        result_backend_thread_safe=True,
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,
     )
