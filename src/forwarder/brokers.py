@@ -22,7 +22,7 @@ __all__ = ["BrokerConfig", "broker_config", "celery_app"]
 
 # Low enough that an idle embedded worker answers within a tenth of a second, high enough that
 # polling an empty folder costs next to nothing.
-EMBEDDED_POLLING_INTERVAL = 0.1
+EMBEDDED_POLLING_INTERVAL = 0.02
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _embedded(worker: WorkerSettings) -> BrokerConfig:
             ) from None
     return BrokerConfig(
         kind="embedded",
-        broker_url="filesystem://",
+        broker_url="filesystem://localhost/",
         result_backend=worker.result_backend or f"file://{folders['results']}",
         transport_options={
             "data_folder_in": str(folders["queue"]),
