@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, Task
 
 from forwarder.brokers import broker_config, celery_app
-from forwarder.errors import ForwarderError, ModelServerUnavailable
+from forwarder.errors import ConfigError, ForwarderError, ModelServerUnavailable
 from forwarder.forwarding import Forwarder
 from forwarder.settings import Settings, mask_url
 
@@ -93,9 +93,25 @@ def create_worker_app(settings: Settings, forwarder: Forwarder) -> Celery:
     return app
 
 
+def check_gevent_patched() -> None:
+    """Refuse to run a gevent pool on unpatched sockets, where greenlets would run one at a time."""
+    from gevent import monkey
+
+    unpatched = [name for name in ("socket", "ssl") if not monkey.is_module_patched(name)]
+    if unpatched:
+        raise ConfigError(
+            "--pool",
+            "gevent",
+            f"gevent patched before anything else ({', '.join(unpatched)} not patched): select it "
+            "with --pool or CELERY_WORKER_POOL and start through `forwarder` or `python -m forwarder`",
+        )
+
+
 def run_worker(settings: Settings) -> int:
     """Wait for the model server, then consume until a shutdown signal. Returns the exit code."""
     worker = settings.worker
+    if worker.pool == "gevent":
+        check_gevent_patched()
     config = broker_config(worker)
     log.info(
         "forwarder worker: pool=%s concurrency=%d queue=%s broker=%s results=%s model=%s",
