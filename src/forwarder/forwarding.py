@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from forwarder.errors import (
@@ -122,6 +123,11 @@ class Forwarder:
                 timeout=self.timeout,
             )
         except requests.exceptions.ConnectionError as exc:
+            # requests reports a read timeout in the middle of the body as a ConnectionError.
+            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
+                raise ModelServerTimeout(
+                    f"model server at {url} did not reply within {self.timeout[1]:g} s"
+                ) from None
             raise ModelServerUnavailable(
                 f"cannot connect to model server at {url}: {exc}"
             ) from None

@@ -30,8 +30,7 @@ from forwarder.errors import (
 ERROR_CLASSES = [
     getattr(errors, name)
     for name in errors.__all__
-    if inspect.isclass(getattr(errors, name))
-    and issubclass(getattr(errors, name), BaseException)
+    if inspect.isclass(getattr(errors, name)) and issubclass(getattr(errors, name), BaseException)
 ]
 MESSAGE_CLASSES = [cls for cls in ERROR_CLASSES if cls is not ConfigError]
 
