@@ -1,11 +1,8 @@
 """``python -m forwarder`` and the ``forwarder`` command.
 
-The gevent switch runs first, before anything that could import celery, requests or boto3.
+Nothing heavy is imported here: the worker command patches for gevent (when selected) before it
+imports celery, kombu or requests.
 """
-
-from forwarder.pool_switch import patch_if_gevent
-
-patch_if_gevent()
 
 import sys
 

@@ -1,5 +1,8 @@
 """``forwarder worker | submit | get | demo | echo-server | check-config``.
 
+This module imports only the standard library, PyYAML and the settings: the worker command must be
+able to patch for gevent before celery or requests are imported.
+
 Bad settings end the command with exit status 2 and one line naming the key, the value and what
 is allowed.
 """
@@ -17,6 +20,7 @@ from typing import Any
 import yaml
 
 from forwarder.errors import ConfigError, ForwarderError
+from forwarder.pool_switch import patch_gevent
 from forwarder.settings import Settings, load_settings, mask_url
 
 __all__ = ["main"]
@@ -72,6 +76,8 @@ def _configure_logging(level: str) -> None:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if settings.worker.pool == "gevent":
+        patch_gevent()
     _configure_logging(settings.worker.log_level)
     from forwarder.worker import run_worker
 

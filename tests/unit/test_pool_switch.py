@@ -1,4 +1,9 @@
-"""The gevent switch: which pool is requested, and that only gevent workers get patched."""
+"""The gevent switch: gevent workers are patched before celery is imported, others never see gevent.
+
+The subprocess tests run ``forwarder.cli.main(["worker", ...])`` in a fresh interpreter with a
+stand-in ``forwarder.worker`` module whose ``run_worker`` reports what was imported and patched
+at the moment the real worker would start, instead of starting it.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from forwarder import pool_switch
-from forwarder.pool_switch import MAX_TASKS_ENV, POOL_ENV, POOLS, patch_if_gevent, requested_pool
+from forwarder.errors import ConfigError
+from forwarder.pool_switch import MAX_TASKS_ENV, POOL_ENV, POOLS, patch_gevent
 
 HEAVY = ("celery", "kombu", "requests", "urllib3", "gevent", "boto3", "botocore", "yaml")
+LATE = ("celery", "kombu", "requests", "urllib3", "boto3")
 
 
 def test_constants() -> None:
@@ -24,106 +31,27 @@ def test_constants() -> None:
     assert MAX_TASKS_ENV == "CELERY_WORKER_MAX_TASKS_PER_CHILD"
 
 
-@pytest.mark.parametrize(
-    ("argv", "environ", "expected"),
-    [
-        (["worker"], {}, "prefork"),
-        (["worker"], {POOL_ENV: ""}, "prefork"),
-        (["worker"], {POOL_ENV: "   "}, "prefork"),
-        (["worker"], {POOL_ENV: "gevent"}, "gevent"),
-        (["worker"], {POOL_ENV: " gevent\n"}, "gevent"),
-        (["worker"], {POOL_ENV: "prefork"}, "prefork"),
-        (["worker", "--pool", "gevent"], {}, "gevent"),
-        (["worker", "--pool=gevent"], {}, "gevent"),
-        (["worker", "--queue", "q", "--pool", "gevent", "--concurrency", "8"], {}, "gevent"),
-        (["worker", "--pool", "prefork"], {POOL_ENV: "gevent"}, "prefork"),
-        (["worker", "--pool=prefork"], {POOL_ENV: "gevent"}, "prefork"),
-        (["worker", "--pool", "gevent"], {POOL_ENV: "prefork"}, "gevent"),
-        # As argparse reads it: the last --pool wins.
-        (["worker", "--pool", "prefork", "--pool", "gevent"], {}, "gevent"),
-        (["worker", "--pool=gevent", "--pool", "prefork"], {}, "prefork"),
-        (["worker", "--pool", " gevent "], {}, "gevent"),
-        # --pool with no value after it: the environment decides.
-        (["worker", "--pool"], {POOL_ENV: "gevent"}, "gevent"),
-        (["worker", "--pool"], {}, "prefork"),
-        # Unknown pools are passed on; settings reject them with a message.
-        (["worker", "--pool", "solo"], {}, "solo"),
-        (["worker"], {POOL_ENV: "threads"}, "threads"),
-        # Look-alikes are not the flag.
-        (["worker", "--pools", "gevent"], {}, "prefork"),
-        (["worker", "--queue", "--pool-x"], {}, "prefork"),
-    ],
-)
-def test_requested_pool(argv: list[str], environ: dict[str, str], expected: str) -> None:
-    assert requested_pool(argv, environ) == expected
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        [],
-        ["worker"],
-        ["worker", "--pool", "prefork"],
-        ["worker", "--pool=prefork"],
-        ["check-config", "--pool", "gevent"],
-        ["submit", "{}", "--pool=gevent"],
-        ["echo-server"],
-        ["demo", "--pool", "gevent"],
-        ["--pool", "gevent", "worker"],
-    ],
-)
-def test_patch_if_gevent_is_false_unless_a_gevent_worker(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch
+def test_missing_gevent_is_a_config_error_with_the_install_hint(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(POOL_ENV, raising=False)
-    # A gevent import would fail loudly here, proving that none is attempted.
-    monkeypatch.setitem(sys.modules, "gevent", None)
-    assert patch_if_gevent(argv) is False
-
-
-@pytest.mark.parametrize("command", ["check-config", "submit", "get", "echo-server", "demo"])
-def test_gevent_env_patches_only_the_worker_command(
-    command: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(POOL_ENV, "gevent")
-    monkeypatch.setitem(sys.modules, "gevent", None)
-    assert patch_if_gevent([command]) is False
-
-
-def test_patch_if_gevent_reads_sys_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(POOL_ENV, "gevent")
-    monkeypatch.setitem(sys.modules, "gevent", None)
-    monkeypatch.setattr(sys, "argv", ["forwarder", "get", "abc"])
-    assert patch_if_gevent() is False
-    # The same environment with a worker argv does try gevent (which is blocked here).
-    monkeypatch.setattr(sys, "argv", ["forwarder", "worker"])
-    with pytest.raises(SystemExit):
-        patch_if_gevent()
-
-
-def test_missing_gevent_stops_with_status_2(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv(POOL_ENV, raising=False)
     monkeypatch.setitem(sys.modules, "gevent", None)  # import gevent -> ImportError
-    with pytest.raises(SystemExit) as info:
-        patch_if_gevent(["worker", "--pool", "gevent"])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "gevent pool needs gevent" in err
-    assert "inference-forwarder[gevent]" in err
-    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError) as info:
+        patch_gevent()
+    message = str(info.value)
+    assert "gevent" in message
+    assert "inference-forwarder[gevent]" in message
+    assert len(message.splitlines()) == 1
 
 
-def test_pool_switch_imports_only_the_standard_library() -> None:
+def test_pool_switch_imports_nothing_heavy_at_module_level() -> None:
     tree = ast.parse(Path(pool_switch.__file__).read_text(encoding="utf-8"))
     top_level_imports: set[str] = set()
-    for node in tree.body:  # module level only: gevent is imported inside patch_if_gevent
+    for node in tree.body:  # module level only: gevent is imported inside patch_gevent
         if isinstance(node, ast.Import):
             top_level_imports.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             top_level_imports.add(node.module.split(".")[0])
-    assert top_level_imports == {"__future__", "os", "sys", "collections"}
+    assert top_level_imports == {"__future__", "forwarder"}
 
 
 # -------------------------------------------------------------------------------- in subprocesses
@@ -143,6 +71,7 @@ def run_python(code: str, tmp_path: Path, **env: str) -> dict[str, object]:
         capture_output=True,
         text=True,
         env=environ,
+        cwd=tmp_path,
         timeout=60,
         check=False,
     )
@@ -152,114 +81,125 @@ def run_python(code: str, tmp_path: Path, **env: str) -> dict[str, object]:
     return result
 
 
-def test_importing_forwarder_imports_nothing_heavy(tmp_path: Path) -> None:
+def test_importing_forwarder_and_its_cli_imports_nothing_heavy(tmp_path: Path) -> None:
     result = run_python(
         f"""
         import json, sys
         import forwarder
         import forwarder.pool_switch
         names = forwarder.__all__
-        print(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))
-        """,
-        tmp_path,
-    )
-    assert result == dict.fromkeys(HEAVY, False)
-
-
-def test_prefork_worker_path_never_imports_gevent(tmp_path: Path) -> None:
-    result = run_python(
-        """
-        import json, sys
-        from forwarder.pool_switch import patch_if_gevent
-        sys.argv = ["forwarder", "worker", "--pool", "prefork"]
-        patched = patch_if_gevent()
-        gevent_after_switch = "gevent" in sys.modules
-        from forwarder import cli
-        from forwarder.settings import load_settings
-        from forwarder.worker import build_forwarder, create_worker_app
-        settings = load_settings(flags={"--pool": "prefork"})
-        app = create_worker_app(settings, build_forwarder(settings))
-        tasks = sorted(name for name in app.tasks if not name.startswith("celery."))
-        app.close()
-        print(json.dumps({
-            "patched": patched,
-            "gevent_after_switch": gevent_after_switch,
-            "gevent": "gevent" in sys.modules,
-            "celery": "celery" in sys.modules,
-            "tasks": tasks,
-        }))
+        heavy = {{m: m in sys.modules for m in {HEAVY!r}}}
+        import forwarder.cli
+        late = {{m: m in sys.modules for m in {(*LATE, "gevent", "socket", "ssl")!r}}}
+        print(json.dumps({{"package": heavy, "cli": late}}))
         """,
         tmp_path,
     )
     assert result == {
-        "patched": False,
-        "gevent_after_switch": False,
-        "gevent": False,
-        "celery": True,
-        "tasks": [
-            "hosted_model_inference.inference.async_inference.tasks.predict",
-            "ml_serve.celery_service.exec_func",
-        ],
+        "package": dict.fromkeys(HEAVY, False),
+        "cli": dict.fromkeys((*LATE, "gevent", "socket", "ssl"), False),
     }
 
 
-def test_gevent_env_patches_before_celery(tmp_path: Path) -> None:
+# Replaces forwarder.worker so that cli.main(["worker", ...]) stops where the worker would start.
+PROBE = """
+import json, sys, types
+argv, config = {argv!r}, {config!r}
+if config:
+    open("config.yaml", "w").write(config)
+probe = types.ModuleType("forwarder.worker")
+seen = {{}}
+
+def run_worker(settings):
+    gevent = sys.modules.get("gevent")
+    monkey = sys.modules.get("gevent.monkey")
+    seen.update(
+        pool=settings.worker.pool,
+        gevent_imported=gevent is not None,
+        socket_patched=bool(monkey and monkey.is_module_patched("socket")),
+        ssl_patched=bool(monkey and monkey.is_module_patched("ssl")),
+        late_imported=sorted(m for m in {late!r} if m in sys.modules),
+    )
+    return 0
+
+probe.run_worker = run_worker
+sys.modules["forwarder.worker"] = probe
+from forwarder.cli import main
+seen["exit"] = main(argv)
+print(json.dumps(seen))
+"""
+
+
+def probe_worker(
+    tmp_path: Path, argv: list[str], config: str = "", **env: str
+) -> dict[str, object]:
+    code = PROBE.format(
+        argv=["worker", "--data-dir", str(tmp_path), *argv], config=config, late=LATE
+    )
+    return run_python(code, tmp_path, **env)
+
+
+GEVENT_PATCHED = {
+    "pool": "gevent",
+    "gevent_imported": True,
+    "socket_patched": True,
+    "ssl_patched": True,
+    "late_imported": [],
+    "exit": 0,
+}
+PREFORK_UNTOUCHED = {
+    "pool": "prefork",
+    "gevent_imported": False,
+    "socket_patched": False,
+    "ssl_patched": False,
+    "late_imported": [],
+    "exit": 0,
+}
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "env"),
+    [
+        pytest.param(["--pool", "gevent"], "", {}, id="flag"),
+        pytest.param(["--pool=gevent"], "", {}, id="flag="),
+        pytest.param([], "", {POOL_ENV: "gevent"}, id="environment"),
+        pytest.param(["--config", "config.yaml"], "worker:\n  pool: gevent\n", {}, id="file"),
+        pytest.param(["--set", "worker.pool=gevent"], "", {}, id="--set"),
+        pytest.param(["--pool", "gevent"], "", {POOL_ENV: "prefork"}, id="flag-over-env"),
+    ],
+)
+def test_a_gevent_worker_is_patched_before_celery_is_imported(
+    tmp_path: Path, argv: list[str], config: str, env: dict[str, str]
+) -> None:
     pytest.importorskip("gevent")
+    assert probe_worker(tmp_path, argv, config, **env) == GEVENT_PATCHED
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        pytest.param([], {}, id="default"),
+        pytest.param(["--pool", "prefork"], {POOL_ENV: "gevent"}, id="flag-over-env"),
+        pytest.param([], {POOL_ENV: ""}, id="empty-env"),
+    ],
+)
+def test_a_prefork_worker_never_imports_gevent(
+    tmp_path: Path, argv: list[str], env: dict[str, str]
+) -> None:
+    assert probe_worker(tmp_path, argv, **env) == PREFORK_UNTOUCHED
+
+
+@pytest.mark.parametrize("command", ["check-config", "echo-server --port 0 --help"])
+def test_other_commands_never_import_gevent(tmp_path: Path, command: str) -> None:
     result = run_python(
-        """
-        import json, sys
-        from forwarder.pool_switch import patch_if_gevent
-        sys.argv = ["forwarder", "worker"]
-        before = {m: m in sys.modules for m in ("celery", "kombu", "requests", "urllib3")}
-        patched = patch_if_gevent()
-        from gevent import monkey
-        after = {m: m in sys.modules for m in ("celery", "kombu", "requests", "urllib3")}
-        print(json.dumps({
-            "patched": patched,
-            "socket": monkey.is_module_patched("socket"),
-            "threading": monkey.is_module_patched("threading"),
-            "before": before,
-            "after": after,
-        }))
+        f"""
+        import contextlib, io, json, sys
+        from forwarder.cli import main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            main({command.split()!r} + ["--data-dir", {str(tmp_path)!r}] * {command == "check-config"})
+        print(json.dumps({{"gevent": "gevent" in sys.modules}}))
         """,
         tmp_path,
         CELERY_WORKER_POOL="gevent",
     )
-    not_imported = dict.fromkeys(("celery", "kombu", "requests", "urllib3"), False)
-    assert result == {
-        "patched": True,
-        "socket": True,
-        "threading": True,
-        "before": not_imported,
-        "after": not_imported,
-    }
-
-
-def test_gevent_flag_patches_and_prefork_flag_wins_over_env(tmp_path: Path) -> None:
-    pytest.importorskip("gevent")
-    result = run_python(
-        """
-        import json, sys
-        from forwarder.pool_switch import patch_if_gevent
-        flag_prefork = patch_if_gevent(["worker", "--pool", "prefork"])
-        prefork_left_gevent_alone = "gevent" not in sys.modules
-        flag_gevent = patch_if_gevent(["worker", "--pool=gevent"])
-        from gevent import monkey
-        print(json.dumps({
-            "flag_prefork": flag_prefork,
-            "prefork_left_gevent_alone": prefork_left_gevent_alone,
-            "flag_gevent": flag_gevent,
-            "socket": monkey.is_module_patched("socket"),
-            "celery": "celery" in sys.modules,
-        }))
-        """,
-        tmp_path,
-        CELERY_WORKER_POOL="gevent",
-    )
-    assert result == {
-        "flag_prefork": False,
-        "prefork_left_gevent_alone": True,
-        "flag_gevent": True,
-        "socket": True,
-        "celery": False,
-    }
+    assert result == {"gevent": False}
