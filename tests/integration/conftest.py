@@ -1,0 +1,546 @@
+"""Real processes for the integration tests: redis-server, echo model servers and workers.
+
+Everything listens on 127.0.0.1 only. Every wait is bounded in time; every process a test starts
+runs in its own session (process group), and teardown kills whatever is left of that group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from forwarder.client import ForwarderClient, TaskResult
+from forwarder.settings import load_settings
+
+HOST = "127.0.0.1"
+READY_RE = re.compile(r"celery@\S+ ready\.")
+LISTENING_RE = re.compile(r"echo server listening on http://127\.0\.0\.1:(\d+)")
+FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+REDIS_DATABASES = 64
+
+# Variables the worker reads; removed from the inherited environment so that only the test's own
+# values reach a worker, whatever the shell running pytest has set.
+_WORKER_ENV_VARS = (
+    "CELERY_WORKER_POOL",
+    "CELERY_WORKER_MAX_TASKS_PER_CHILD",
+    "FIREHOSE_CLIENT_MAX_POOL_CONNECTIONS",
+    "SERIALIZE_RESULTS_AS_STRING",
+    "FORWARDER_BROKER_URL",
+    "FORWARDER_RESULT_BACKEND",
+    "FORWARDER_QUEUE",
+    "FORWARDER_DATA_DIR",
+    "FORWARDER_LOG_LEVEL",
+    "AWS_ENDPOINT_URL",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Small bounded helpers
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    message: str | Callable[[], str],
+    interval: float = 0.05,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    ``message`` may be a callable, to describe the state at the time of the failure.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            pytest.fail(f"timed out after {timeout:g} s: {text}")
+        time.sleep(interval)
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _WORKER_ENV_VARS}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+def _kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL the process, its descendants and its whole process group."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # started with start_new_session: pgid == pid
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "<no log>"
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+class EchoServer:
+    """``python -m forwarder echo-server`` in a subprocess; can stop and start on the same port."""
+
+    def __init__(self, log_dir: Path, name: str, port: int = 0, args: Sequence[str] = ()) -> None:
+        self.log_path = log_dir / f"{name}.log"
+        self.port = port
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 15.0) -> EchoServer:
+        assert self.proc is None or self.proc.poll() is not None, "echo server already running"
+        self.starts += 1
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "forwarder", "echo-server"),
+                    *("--host", HOST, "--port", str(self.port), *self.args),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=base_env(),
+                start_new_session=True,
+            )
+
+        def listening() -> int | None:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                found = LISTENING_RE.search(log.read().decode(errors="replace"))
+            if found:
+                return int(found.group(1))
+            if self.proc is not None and self.proc.poll() is not None:
+                pytest.fail(f"echo server exited early:\n{_tail(self.log_path)}")
+            return None
+
+        self.port = wait_for(listening, timeout, "echo server did not print its port")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_tree(self.proc)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            _kill_tree(self.proc)
+
+    def get(self, route: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.port}{route}", timeout=5) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def stats(self) -> dict[str, int]:
+        status, body = self.get("/stats")
+        assert status == 200, body
+        return dict(body)
+
+
+class Worker:
+    """``python -m forwarder worker ...`` in its own process group, logging to a file."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = list(args)
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "forwarder", "worker", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=log_path.parent,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def is_ready(self) -> bool:
+        return bool(READY_RE.search(self.log()))
+
+    def wait_ready(self, timeout: float = 30.0) -> Worker:
+        def ready() -> bool:
+            if self.is_ready():
+                return True
+            if not self.running:
+                pytest.fail(
+                    f"worker exited with {self.proc.returncode} before it was ready:\n"
+                    f"{_tail(self.log_path)}"
+                )
+            return False
+
+        wait_for(ready, timeout, lambda: f"worker not ready:\n{_tail(self.log_path)}", interval=0.1)
+        return self
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``sig`` to the worker's main process and return its exit status.
+
+        Fails the test (after killing the process group) if it does not exit within ``timeout``.
+        """
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_tree(self.proc)
+                pytest.fail(
+                    f"worker did not exit within {timeout:g} s of signal {sig}:\n"
+                    f"{_tail(self.log_path)}"
+                )
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        """Kill the worker and its whole process group.
+
+        Not a warm shutdown: an idle gevent worker takes ~4 s to stop warmly, and the tests that
+        are about shutdown call ``stop()`` themselves. The test's Redis database is discarded.
+        """
+        _kill_tree(self.proc)
+
+
+class Processes:
+    """Starts echo servers, workers and clients; ``close()`` stops them all."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.echo_servers: list[EchoServer] = []
+        self.workers: list[Worker] = []
+        self.clients: list[ForwarderClient] = []
+
+    def echo(
+        self,
+        port: int = 0,
+        *,
+        delay: float | None = None,
+        ready_after: float | None = None,
+        start: bool = True,
+    ) -> EchoServer:
+        args: list[str] = []
+        if delay is not None:
+            args += ["--delay", str(delay)]
+        if ready_after is not None:
+            args += ["--ready-after", str(ready_after)]
+        server = EchoServer(self.log_dir, f"echo-{len(self.echo_servers)}", port, args)
+        self.echo_servers.append(server)
+        return server.start() if start else server
+
+    def worker(
+        self,
+        *,
+        model_port: int,
+        pool: str | None = "prefork",
+        queue: str | None = "inference",
+        broker_url: str | None = None,
+        data_dir: Path | None = None,
+        concurrency: int | None = 1,
+        sets: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        wait: bool = True,
+        ready_timeout: float = 30.0,
+    ) -> Worker:
+        args: list[str] = []
+        if broker_url is not None:
+            args += ["--broker-url", broker_url]
+        if data_dir is not None:
+            args += ["--data-dir", str(data_dir)]
+        if queue is not None:
+            args += ["--queue", queue]
+        if concurrency is not None:
+            args += ["--concurrency", str(concurrency)]
+        if pool is not None:
+            args += ["--pool", pool]
+        overrides = [
+            f"forwarder.async.user_port={model_port}",
+            f"forwarder.async.user_hostname={HOST}",
+            *sets,
+        ]
+        for override in overrides:
+            args += ["--set", override]
+        args += list(extra_args)
+        # The embedded default's folder must never fall back to the user's real data folder.
+        worker_env = base_env(XDG_DATA_HOME=str(self.log_dir / "xdg-data"), **(env or {}))
+        worker = Worker(args, worker_env, self.log_dir / f"worker-{len(self.workers)}.log")
+        self.workers.append(worker)
+        return worker.wait_ready(ready_timeout) if wait else worker
+
+    def client(
+        self, *, broker_url: str | None = None, data_dir: Path | None = None, queue: str
+    ) -> ForwarderClient:
+        flags: dict[str, object] = {"--queue": queue}
+        if broker_url is not None:
+            flags["--broker-url"] = broker_url
+        if data_dir is not None:
+            flags["--data-dir"] = str(data_dir)
+        client = ForwarderClient(load_settings(env={}, flags=flags))
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                client.close()
+        for worker in self.workers:
+            worker.cleanup()
+        for server in self.echo_servers:
+            server.kill()
+        # Shown by pytest only when the test fails.
+        for worker in self.workers:
+            sys.stderr.write(f"----- {worker.log_path.name}: {worker.args}\n")
+            sys.stderr.write(_tail(worker.log_path, 40) + "\n")
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.close()
+
+
+@pytest.fixture(scope="module")
+def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    processes = Processes(tmp_path_factory.mktemp("procs"))
+    try:
+        yield processes
+    finally:
+        processes.close()
+
+
+@pytest.fixture
+def start_echo(procs: Processes) -> Callable[..., EchoServer]:
+    """Echo server factory: ``start_echo(port=0, delay=None, ready_after=None, start=True)``."""
+    return procs.echo
+
+
+@pytest.fixture
+def start_worker(procs: Processes) -> Callable[..., Worker]:
+    """Worker factory: ``start_worker(model_port=..., pool=..., broker_url=..., ...)``."""
+    return procs.worker
+
+
+# --------------------------------------------------------------------------------------------
+# Redis
+# --------------------------------------------------------------------------------------------
+
+
+class RedisServer:
+    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
+        self.port = port
+        self.proc = proc
+        self._in_use: set[int] = set()
+
+    def url(self, db: int) -> str:
+        return f"redis://{HOST}:{self.port}/{db}"
+
+    def acquire_db(self) -> int:
+        """A fresh (flushed) database number that no live fixture is using."""
+        for db in range(REDIS_DATABASES):
+            if db not in self._in_use:
+                self._in_use.add(db)
+                with redis.Redis(host=HOST, port=self.port, db=db, socket_timeout=5) as conn:
+                    conn.flushdb()
+                return db
+        raise RuntimeError("no free redis database")
+
+    def release_db(self, db: int) -> None:
+        self._in_use.discard(db)
+
+
+def _find_redis_server() -> str | None:
+    """``$REDIS_SERVER`` if set, else ``redis-server`` on PATH, else Debian's."""
+    configured = os.environ.get("REDIS_SERVER")
+    if configured is not None:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    executable = _find_redis_server()
+    if executable is None:
+        reason = (
+            "redis-server not found ($REDIS_SERVER, PATH or /usr/bin/redis-server); "
+            "install it with: apt-get install redis-server"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so this is an error")
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("redis")
+    proc: subprocess.Popen[bytes] | None = None
+    for _attempt in range(3):  # another process may grab the free port before redis binds it
+        port = free_port()
+        log_path = folder / f"redis-{port}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    *(executable, "--port", str(port), "--bind", HOST),
+                    *("--save", "", "--appendonly", "no", "--dir", str(folder)),
+                    *("--databases", str(REDIS_DATABASES)),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        conn = redis.Redis(host=HOST, port=port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if conn.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        conn.close()
+        if proc.poll() is None and time.monotonic() < deadline:
+            break
+        _kill_tree(proc)
+    else:
+        pytest.fail(f"redis-server did not start:\n{_tail(log_path)}")
+    assert proc is not None
+    try:
+        yield RedisServer(port, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A fresh, empty Redis database for this test (broker and result backend)."""
+    db = redis_server.acquire_db()
+    try:
+        yield redis_server.url(db)
+    finally:
+        redis_server.release_db(db)
+
+
+@pytest.fixture(scope="module")
+def module_redis_url(redis_server: RedisServer) -> Iterator[str]:
+    db = redis_server.acquire_db()
+    try:
+        yield redis_server.url(db)
+    finally:
+        redis_server.release_db(db)
+
+
+def stored_meta(url: str, task_id: str) -> dict[str, Any] | None:
+    """The raw JSON Celery stored for the task, read straight from Redis."""
+    with redis.Redis.from_url(url, socket_timeout=5) as conn:
+        raw = conn.get(f"celery-task-meta-{task_id}")
+    return None if raw is None else dict(json.loads(raw))
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+def wait_all(
+    client: ForwarderClient, task_ids: Sequence[str], timeout: float, interval: float = 0.05
+) -> dict[str, TaskResult]:
+    """Poll until every task is in a final state; fail with their states after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    done: dict[str, TaskResult] = {}
+    while True:
+        for task_id in task_ids:
+            if task_id not in done:
+                current = client.get(task_id)
+                if current.status in FINAL_STATES:
+                    done[task_id] = current
+        if len(done) == len(task_ids):
+            return done
+        if time.monotonic() >= deadline:
+            pending = {t: client.get(t).status for t in task_ids if t not in done}
+            pytest.fail(f"after {timeout:g} s, {len(pending)} task(s) not done: {pending}")
+        time.sleep(interval)
+
+
+def wait_one(client: ForwarderClient, task_id: str, timeout: float = 15.0) -> TaskResult:
+    return wait_all(client, [task_id], timeout)[task_id]
+
+
+@pytest.fixture(scope="session")
+def helpers() -> SimpleNamespace:
+    """The module-level helpers above, for test modules (which do not import conftest)."""
+    return SimpleNamespace(
+        free_port=free_port,
+        stored_meta=stored_meta,
+        wait_all=wait_all,
+        wait_for=wait_for,
+        wait_one=wait_one,
+        base_env=base_env,
+        HOST=HOST,
+    )

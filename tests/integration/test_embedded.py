@@ -1,0 +1,46 @@
+"""The embedded default (no broker URL): kombu's filesystem transport and file results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from forwarder.worker import LEGACY_TASK_NAME, LIRA_TASK_NAME
+
+pytestmark = [pytest.mark.integration]
+
+PAYLOAD = {"args": {"x": 1, "y": [1, 2]}}
+CONTRACT = {"result": json.dumps({"x": 1, "y": [1, 2]}), "status_code": 200}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("pool", ["prefork", "gevent"])
+def test_embedded_default_round_trip(
+    pool: str, procs: Any, tmp_path: Path, helpers: SimpleNamespace
+) -> None:
+    data_dir = tmp_path / "data"
+    echo = procs.echo()
+    worker = procs.worker(model_port=echo.port, pool=pool, queue="embedded", data_dir=data_dir)
+    assert "embedded" in worker.log()
+    client = procs.client(data_dir=data_dir, queue="embedded")
+
+    ids = [client.submit(PAYLOAD, task_name=name) for name in (LIRA_TASK_NAME, LEGACY_TASK_NAME)]
+    failing = client.submit({"args": {"raw_text": "plain text"}})
+    results = helpers.wait_all(client, [*ids, failing], timeout=20)
+    assert [(results[t].status, results[t].result) for t in ids] == [("SUCCESS", CONTRACT)] * 2
+
+    failed = results[failing]
+    assert failed.status == "FAILURE", failed
+    assert failed.error is not None and "JSON" in failed.error
+    stored = json.loads((data_dir / "results" / f"celery-task-meta-{failing}").read_text())
+    assert stored["status"] == "FAILURE"
+    assert stored["result"]["exc_type"] == "ModelResponseError"
+    custom = json.loads(stored["result"]["custom"])
+    assert custom["error_metadata"].startswith("Internal failure\n")
+    assert echo.stats()["predict_requests"] == 3
+    assert worker.running
