@@ -85,7 +85,9 @@ def _embedded(worker: WorkerSettings) -> BrokerConfig:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                "data_dir", str(root), f"a writable folder ({exc.strerror})"
+                "data_dir (--data-dir, FORWARDER_DATA_DIR, worker.data_dir)",
+                str(root),
+                f"a writable folder ({exc.strerror})",
             ) from None
     return BrokerConfig(
         kind="embedded",

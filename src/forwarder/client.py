@@ -35,9 +35,8 @@ class TaskResult:
     @property
     def status_code(self) -> int | None:
         """The model server's HTTP status, when the result carries it (as model-engine's does)."""
-        if isinstance(self.result, dict) and isinstance(self.result.get("status_code"), int):
-            return int(self.result["status_code"])
-        return None
+        code = self.result.get("status_code") if isinstance(self.result, dict) else None
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,9 +116,11 @@ def _error_message(stored: dict[str, Any]) -> str:
     custom = stored.get("custom")
     if isinstance(custom, str):
         try:
-            return str(json.loads(custom)["error"])
-        except (ValueError, KeyError, TypeError):
-            pass
+            error = json.loads(custom).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if isinstance(error, str):
+            return error
     message = stored.get("exc_message")
     if isinstance(message, list | tuple):
         message = " ".join(str(part) for part in message)

@@ -101,7 +101,15 @@ def test_task_result_status_code_from_a_wrapped_result() -> None:
 
 @pytest.mark.parametrize(
     "stored",
-    [None, "text", [1, 2], {"result": 1}, {"status_code": "200"}, {"status_code": None}],
+    [
+        None,
+        "text",
+        [1, 2],
+        {"result": 1},
+        {"status_code": "200"},
+        {"status_code": None},
+        {"status_code": True},
+    ],
 )
 def test_task_result_status_code_absent(stored: object) -> None:
     assert TaskResult("id-1", "SUCCESS", result=stored).status_code is None
@@ -167,6 +175,8 @@ def test_error_message_prefers_custom() -> None:
         json.dumps(["error"]),
         json.dumps(None),
         json.dumps("error"),
+        json.dumps({"error": None}),
+        json.dumps({"error": 42}),
         {"error": "a dict, not a JSON string"},
     ],
 )
