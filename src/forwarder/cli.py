@@ -146,16 +146,18 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_echo_server(args: argparse.Namespace) -> int:
-    from forwarder.echo_server import serve
+    from forwarder.echo_server import make_server, serve
 
     serve(
-        args.host,
-        args.port,
-        delay=args.delay,
-        ready_after=args.ready_after,
-        predict_route=args.predict_route,
-        healthcheck_route=args.healthcheck_route,
-        verbose=args.verbose,
+        make_server(
+            args.host,
+            args.port,
+            delay=args.delay,
+            ready_after=args.ready_after,
+            predict_route=args.predict_route,
+            healthcheck_route=args.healthcheck_route,
+            verbose=args.verbose,
+        )
     )
     return 0
 

@@ -188,26 +188,8 @@ def make_server(
     return server
 
 
-def serve(
-    host: str = "127.0.0.1",
-    port: int = 5005,
-    *,
-    delay: float = 0.0,
-    ready_after: float = 0.0,
-    predict_route: str = "/predict",
-    healthcheck_route: str = "/readyz",
-    verbose: bool = False,
-) -> None:
+def serve(server: EchoServer) -> None:
     """Serve until SIGTERM or SIGINT (handlers are installed only from the main thread)."""
-    server = make_server(
-        host,
-        port,
-        delay=delay,
-        ready_after=ready_after,
-        predict_route=predict_route,
-        healthcheck_route=healthcheck_route,
-        verbose=verbose,
-    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # shutdown() waits for serve_forever(), which runs in this very thread: hand it off.

@@ -334,7 +334,7 @@ def test_serve_announces_url_and_stops_on_signal(sig: signal.Signals) -> None:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
     }
-    code = "from forwarder.echo_server import serve; serve('127.0.0.1', 0)"
+    code = "from forwarder.echo_server import make_server, serve; serve(make_server(port=0))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
