@@ -137,8 +137,12 @@ def run_worker(settings: Settings) -> int:
         "without_gossip": True,
         "without_mingle": True,
     }
-    if worker.pool == "prefork" and worker.max_tasks_per_child:
-        options["max_tasks_per_child"] = worker.max_tasks_per_child
+    if worker.pool == "prefork":
+        from forwarder.pools.prefork import PreforkPool
+
+        options["pool"] = PreforkPool
+        if worker.max_tasks_per_child:
+            options["max_tasks_per_child"] = worker.max_tasks_per_child
     celery_worker = app.Worker(**options)
     celery_worker.start()
     return int(celery_worker.exitcode or 0)
