@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,7 @@ def load_settings(
 ) -> Settings:
     """Build the one Settings from file + ``--set`` overrides, environment and flags."""
     env = os.environ if env is None else env
+    flags = flags or {}
     document = _read_file(config_file) if config_file else {}
     for override in overrides:
         _apply_override(document, override)
@@ -201,17 +202,17 @@ def load_settings(
 
     values: dict[str, dict[str, Any]] = {"": {}, "model": {}, "worker": {}}
     for spec in _FIELDS:
-        key, raw = _pick(spec, file_values, env, flags or {})
+        key, raw = _pick(spec, file_values, env, flags)
         if key is not None:
             values[spec.section][spec.name] = _parse(spec, key, raw)
-    unknown_flags = set(flags or {}) - {s.flag for s in _FIELDS if s.flag}
+    unknown_flags = set(flags) - {s.flag for s in _FIELDS if s.flag}
     if unknown_flags:
         unknown = sorted(unknown_flags)[0]
-        raise ConfigError(unknown, (flags or {})[unknown], "not a settings flag")
-    return replace(
-        Settings(**values[""]),
+        raise ConfigError(unknown, flags[unknown], "not a settings flag")
+    return Settings(
         model=ModelServerSettings(**values["model"]),
         worker=WorkerSettings(**values["worker"]),
+        **values[""],
     )
 
 
