@@ -137,6 +137,10 @@ def run_worker(settings: Settings) -> int:
         "without_gossip": True,
         "without_mingle": True,
     }
+    if worker.pool == "gevent" and worker.max_tasks_per_child:
+        log.warning(
+            "max_tasks_per_child=%d has no effect on the gevent pool", worker.max_tasks_per_child
+        )
     if worker.pool == "prefork":
         from forwarder.pools.prefork import PreforkPool
 
