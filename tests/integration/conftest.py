@@ -2,6 +2,8 @@
 
 Everything listens on 127.0.0.1 only. Every wait is bounded in time; every process a test starts
 runs in its own session (process group), and teardown kills whatever is left of that group.
+The processes themselves are ``forwarder.localrun`` children; what is here is the tests' part:
+failing the test with the log, a clean environment, one Redis database per test.
 """
 
 from __future__ import annotations
@@ -10,10 +12,7 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,11 +27,19 @@ import pytest
 import redis
 
 from forwarder.client import ForwarderClient, TaskResult
+from forwarder.localrun import (
+    HOST,
+    Child,
+    environment,
+    find_redis_server,
+    free_port,
+    start_echo_server,
+    start_forwarder,
+    start_redis,
+)
 from forwarder.settings import load_settings
 
-HOST = "127.0.0.1"
 READY_RE = re.compile(r"celery@\S+ ready\.")
-LISTENING_RE = re.compile(r"echo server listening on http://127\.0\.0\.1:(\d+)")
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 REDIS_DATABASES = 64
 
@@ -57,12 +64,6 @@ _WORKER_ENV_VARS = (
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(
     predicate: Callable[[], Any],
     timeout: float,
@@ -84,33 +85,13 @@ def wait_for(
         time.sleep(interval)
 
 
+def env_changes(**overrides: str) -> dict[str, str | None]:
+    """What a test's process changes in the inherited environment (``None`` removes)."""
+    return {**dict.fromkeys(_WORKER_ENV_VARS), "PYTHONUNBUFFERED": "1", **overrides}
+
+
 def base_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _WORKER_ENV_VARS}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides)
-    return env
-
-
-def _kill_tree(proc: subprocess.Popen[Any]) -> None:
-    """SIGKILL the process, its descendants and its whole process group."""
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # started with start_new_session: pgid == pid
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "<no log>"
+    return environment(env_changes(**overrides))
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,53 +106,24 @@ class EchoServer:
         self.log_path = log_dir / f"{name}.log"
         self.port = port
         self.args = list(args)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        self.child: Child | None = None
 
     def start(self, timeout: float = 15.0) -> EchoServer:
-        assert self.proc is None or self.proc.poll() is not None, "echo server already running"
-        self.starts += 1
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "forwarder", "echo-server"),
-                    *("--host", HOST, "--port", str(self.port), *self.args),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=base_env(),
-                start_new_session=True,
+        assert self.child is None or not self.child.running, "echo server already running"
+        try:
+            self.child, self.port = start_echo_server(
+                self.log_path, *self.args, port=self.port, env=env_changes(), timeout=timeout
             )
-
-        def listening() -> int | None:
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                found = LISTENING_RE.search(log.read().decode(errors="replace"))
-            if found:
-                return int(found.group(1))
-            if self.proc is not None and self.proc.poll() is not None:
-                pytest.fail(f"echo server exited early:\n{_tail(self.log_path)}")
-            return None
-
-        self.port = wait_for(listening, timeout, "echo server did not print its port")
+        except RuntimeError as exc:
+            pytest.fail(f"echo server did not start: {exc}")
         return self
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_tree(self.proc)
-        return self.proc.returncode
+        return None if self.child is None else self.child.stop(signal.SIGTERM, timeout)
 
     def kill(self) -> None:
-        if self.proc is not None:
-            _kill_tree(self.proc)
+        if self.child is not None:
+            self.child.kill()
 
     def get(self, route: str) -> tuple[int, Any]:
         try:
@@ -189,46 +141,30 @@ class EchoServer:
 class Worker:
     """``python -m forwarder worker ...`` in its own process group, logging to a file."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str | None], log_path: Path) -> None:
         self.args = list(args)
         self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "forwarder", "worker", *self.args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=log_path.parent,
-                start_new_session=True,
-            )
+        self.child = start_forwarder(["worker", *self.args], log_path, env, cwd=log_path.parent)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.child.pid
 
     @property
     def running(self) -> bool:
-        return self.proc.poll() is None
+        return self.child.running
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.child.log()
 
     def is_ready(self) -> bool:
         return bool(READY_RE.search(self.log()))
 
     def wait_ready(self, timeout: float = 30.0) -> Worker:
-        def ready() -> bool:
-            if self.is_ready():
-                return True
-            if not self.running:
-                pytest.fail(
-                    f"worker exited with {self.proc.returncode} before it was ready:\n"
-                    f"{_tail(self.log_path)}"
-                )
-            return False
-
-        wait_for(ready, timeout, lambda: f"worker not ready:\n{_tail(self.log_path)}", interval=0.1)
+        try:
+            self.child.wait_for(READY_RE.pattern, timeout)
+        except RuntimeError as exc:
+            pytest.fail(f"worker not ready within {timeout:g} s: {exc}")
         return self
 
     def children(self) -> list[psutil.Process]:
@@ -242,18 +178,12 @@ class Worker:
 
         Fails the test (after killing the process group) if it does not exit within ``timeout``.
         """
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_tree(self.proc)
-                pytest.fail(
-                    f"worker did not exit within {timeout:g} s of signal {sig}:\n"
-                    f"{_tail(self.log_path)}"
-                )
-        return self.proc.returncode
+        status = self.child.stop(sig, timeout)
+        if self.child.stop_timed_out:
+            pytest.fail(
+                f"worker did not exit within {timeout:g} s of signal {sig}:\n{self.child.tail()}"
+            )
+        return status
 
     def cleanup(self) -> None:
         """Kill the worker and its whole process group.
@@ -261,7 +191,7 @@ class Worker:
         Not a warm shutdown: an idle gevent worker takes ~4 s to stop warmly, and the tests that
         are about shutdown call ``stop()`` themselves. The test's Redis database is discarded.
         """
-        _kill_tree(self.proc)
+        self.child.kill()
 
 
 class Processes:
@@ -325,7 +255,7 @@ class Processes:
             args += ["--set", override]
         args += list(extra_args)
         # The embedded default's folder must never fall back to the user's real data folder.
-        worker_env = base_env(XDG_DATA_HOME=str(self.log_dir / "xdg-data"), **(env or {}))
+        worker_env = env_changes(XDG_DATA_HOME=str(self.log_dir / "xdg-data"), **(env or {}))
         worker = Worker(args, worker_env, self.log_dir / f"worker-{len(self.workers)}.log")
         self.workers.append(worker)
         return worker.wait_ready(ready_timeout) if wait else worker
@@ -353,7 +283,7 @@ class Processes:
         # Shown by pytest only when the test fails.
         for worker in self.workers:
             sys.stderr.write(f"----- {worker.log_path.name}: {worker.args}\n")
-            sys.stderr.write(_tail(worker.log_path, 40) + "\n")
+            sys.stderr.write(worker.child.tail(40) + "\n")
 
 
 @pytest.fixture
@@ -391,10 +321,15 @@ def start_worker(procs: Processes) -> Callable[..., Worker]:
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# Redis
+# --------------------------------------------------------------------------------------------
+
+
 class RedisServer:
-    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, port: int, child: Child) -> None:
         self.port = port
-        self.proc = proc
+        self.child = child
         self._in_use: set[int] = set()
 
     def url(self, db: int) -> str:
@@ -414,20 +349,9 @@ class RedisServer:
         self._in_use.discard(db)
 
 
-def _find_redis_server() -> str | None:
-    """``$REDIS_SERVER`` if set, else ``redis-server`` on PATH, else Debian's."""
-    configured = os.environ.get("REDIS_SERVER")
-    if configured is not None:
-        return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
-    )
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    executable = _find_redis_server()
-    if executable is None:
+    if find_redis_server() is None:
         reason = (
             "redis-server not found ($REDIS_SERVER, PATH or /usr/bin/redis-server); "
             "install it with: apt-get install redis-server"
@@ -436,45 +360,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
             pytest.fail(f"{reason}; CI is set, so this is an error")
         pytest.skip(reason)
     folder = tmp_path_factory.mktemp("redis")
-    proc: subprocess.Popen[bytes] | None = None
-    for _attempt in range(3):  # another process may grab the free port before redis binds it
-        port = free_port()
-        log_path = folder / f"redis-{port}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    *(executable, "--port", str(port), "--bind", HOST),
-                    *("--save", "", "--appendonly", "no", "--dir", str(folder)),
-                    *("--databases", str(REDIS_DATABASES)),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        conn = redis.Redis(host=HOST, port=port, socket_timeout=1, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if conn.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        conn.close()
-        if proc.poll() is None and time.monotonic() < deadline:
-            break
-        _kill_tree(proc)
-    else:
-        pytest.fail(f"redis-server did not start:\n{_tail(log_path)}")
-    assert proc is not None
     try:
-        yield RedisServer(port, proc)
+        child, port = start_redis(folder, "--databases", str(REDIS_DATABASES), timeout=10)
+    except RuntimeError as exc:
+        pytest.fail(f"redis-server did not start: {exc}")
+    try:
+        yield RedisServer(port, child)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            _kill_tree(proc)
+        child.stop(signal.SIGTERM, timeout=10)
 
 
 @pytest.fixture
