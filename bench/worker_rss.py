@@ -74,11 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--model-delay", type=float, default=0.0, help="seconds per model call")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="forwarder-bench-") as name:
         folder = Path(name)
         redis, redis_port = start_redis(folder)
-        echo, model_port = start_echo_server(folder / "echo.log")
+        echo, model_port = start_echo_server(folder / "echo.log", "--delay", str(args.model_delay))
         try:
             broker = f"redis://127.0.0.1:{redis_port}/0"
             rows = {
@@ -88,7 +89,11 @@ def main() -> None:
         finally:
             echo.stop()
             redis.stop()
-    print(f"concurrency {args.concurrency}, {args.tasks} tasks, instant echo model, Redis broker\n")
+    model = f"{args.model_delay * 1000:g} ms" if args.model_delay else "instant"
+    print(f"concurrency {args.concurrency}, {args.tasks} tasks, {model} echo model, Redis broker")
+    if args.model_delay:
+        print(f"ideal: concurrency / latency = {args.concurrency / args.model_delay:.0f} tasks/s")
+    print()
     print("| pool | tasks/s | tree RSS MiB | tree PSS MiB | failed |")
     print("|---|---|---|---|---|")
     for pool, row in rows.items():

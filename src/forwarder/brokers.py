@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from kombu.transport.redis import Transport as KombuRedisTransport
 
 from forwarder.backends import BACKEND_CLASSES
 from forwarder.errors import ConfigError
@@ -24,33 +23,6 @@ __all__ = ["BrokerConfig", "broker_config", "celery_app"]
 # Low enough that an idle embedded worker answers within a tenth of a second, high enough that
 # polling an empty folder costs next to nothing.
 EMBEDDED_POLLING_INTERVAL = 0.02
-
-
-# How long a worker with every prefetch slot taken waits before it checks for a free one again
-# (see RedisTransport).
-SATURATED_POLL_SECONDS = 0.1
-
-
-class RedisTransport(KombuRedisTransport):
-    """kombu's Redis transport, which does not sleep through a freed prefetch slot.
-
-    A worker without an event loop (the gevent pool) consumes through ``drain_events(timeout=2)``.
-    While every prefetch slot is taken no BRPOP is pending, so that poll has nothing to wake it
-    when a task finishes and frees its slot: the worker sat idle for up to 2 s every time it was
-    saturated (64 tasks of 0.5 s with 16 greenlets took 6.7 s instead of 2 s). While saturated,
-    the wait is cut to ``SATURATED_POLL_SECONDS``; otherwise nothing changes (a pending BRPOP
-    wakes the poll as soon as a message comes). The prefork pool's event loop does not use
-    ``drain_events``.
-    """
-
-    def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        if timeout is not None and timeout > SATURATED_POLL_SECONDS and self._saturated():
-            timeout = SATURATED_POLL_SECONDS
-        return super().drain_events(connection, timeout=timeout, **kwargs)  # type: ignore[no-untyped-call]
-
-    def _saturated(self) -> bool:
-        channels = getattr(self.cycle, "_channels", ())
-        return any(ch.active_queues and not ch.qos.can_consume() for ch in channels)
 
 
 @dataclass(frozen=True)
@@ -133,7 +105,7 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
     app.loader.override_backends = dict(BACKEND_CLASSES)
     if config.kind == "redis" and config.broker_url.startswith("redis://"):
         # Not for rediss://: kombu turns TLS on from the URL's scheme name only.
-        app.conf.broker_transport = f"{__name__}:{RedisTransport.__name__}"
+        app.conf.broker_transport = "forwarder.transports.redis:Transport"
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

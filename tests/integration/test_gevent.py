@@ -63,3 +63,27 @@ def test_gevent_runs_16_tasks_at_once_in_one_process(
     assert elapsed < 3.5, f"64 tasks of 0.5 s took {elapsed:.2f} s with 16 greenlets"
     assert children == set()
     assert echo.stats()["predict_requests"] == 97
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_saturated_gevent_worker_waits_without_spending_cpu(
+    procs: Any, redis_url: str, helpers: SimpleNamespace
+) -> None:
+    psutil = pytest.importorskip("psutil")
+    echo = procs.echo()
+    worker = procs.worker(
+        model_port=echo.port, pool="gevent", queue="saturated", broker_url=redis_url, concurrency=4
+    )
+    client = procs.client(broker_url=redis_url, queue="saturated")
+    ids = [client.submit({"args": {"n": n, "delay": 6}}) for n in range(8)]
+    helpers.wait_for(
+        lambda: echo.stats()["in_flight"] == 4, 10, lambda: f"not saturated: {echo.stats()}"
+    )
+    process = psutil.Process(worker.pid)
+    before = sum(process.cpu_times()[:2])
+    time.sleep(2.0)
+    spent = sum(process.cpu_times()[:2]) - before
+    # Every slot is taken: it waits for one to free (polling every 2 ms spent 0.04 s here).
+    assert spent < 0.02, f"{spent:.3f} s of CPU in 2 s while saturated"
+    assert [client.get(task_id).status for task_id in ids[4:]] == ["PENDING"] * 4

@@ -1,0 +1,1 @@
+"""Broker transports: kombu's, where the forwarder needs them to behave differently."""
