@@ -62,6 +62,9 @@ def run_demo(
             worker_code = worker.stop(signal.SIGTERM, timeout=60)
             echo.stop()
         console.print(_table(results))
+        for index, result in enumerate(results):
+            if result.error:
+                console.print(f"task #{index} failed: {result.error}", soft_wrap=True)
         done = sum(r.ready for r in results)
         console.print(
             f"{done}/{tasks} tasks finished in {elapsed:.2f} s ({tasks / elapsed:.0f} tasks/s); "
@@ -104,15 +107,16 @@ def _table(results: list[TaskResult]) -> Table:
     table = Table(title="results")
     for column, width in (("#", 3), ("task id", 8), ("status", 7), ("HTTP", 4)):
         table.add_column(column, no_wrap=True, min_width=width)
-    table.add_column("result or error", no_wrap=True, overflow="ellipsis", max_width=48)
+    table.add_column("model reply or error", no_wrap=True, overflow="ellipsis", max_width=40)
     for index, result in enumerate(results):
         style = {"SUCCESS": "green", "FAILURE": "red"}.get(result.status, "yellow")
-        shown = result.error or json.dumps(result.result)
+        reply = result.result.get("result") if isinstance(result.result, dict) else result.result
+        shown = result.error or (reply if isinstance(reply, str) else json.dumps(reply))
         table.add_row(
             str(index),
             result.task_id[:8],
             f"[{style}]{result.status}[/]",
             str(result.status_code or ""),
-            shown[:70],
+            shown[:40],
         )
     return table
