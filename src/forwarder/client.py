@@ -12,7 +12,7 @@ from celery import Celery, states
 
 from forwarder.brokers import celery_app
 from forwarder.errors import TaskWaitTimeout
-from forwarder.settings import Settings
+from forwarder.settings import Settings, load_settings
 from forwarder.worker import LIRA_TASK_NAME
 
 __all__ = ["ForwarderClient", "TaskResult"]
@@ -53,7 +53,8 @@ class ForwarderClient:
     """``submit(payload) -> task_id``, ``get(task_id)``, ``wait(task_id, timeout)``."""
 
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
-        self.settings = settings or Settings()
+        # Without settings, the same sources as the CLI: environment, then defaults.
+        self.settings = settings or load_settings()
         self.app = app or celery_app(self.settings, name="forwarder-client")
 
     def submit(

@@ -11,6 +11,7 @@ import importlib.metadata
 import inspect
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,3 +230,17 @@ def test_retry_delay_grows_then_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "random", Top())
     assert [retry_delay(n, 30.0) for n in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     assert retry_delay(200, 30.0) == 30.0
+
+
+def test_client_without_settings_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from forwarder.client import ForwarderClient
+
+    monkeypatch.setenv("FORWARDER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FORWARDER_QUEUE", "from-env")
+    with ForwarderClient() as client:
+        assert client.settings.worker.data_dir == tmp_path
+        assert client.settings.worker.queue == "from-env"
+        assert client.app.conf.task_default_queue == "from-env"
+    assert (tmp_path / "queue").is_dir()
