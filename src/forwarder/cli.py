@@ -85,11 +85,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    """Print the settings as a config file would hold them, then what they select, as comments."""
     settings = _settings(args)
     from forwarder.brokers import broker_config
 
     config = broker_config(settings.worker)
-    effective: dict[str, Any] = {
+    document: dict[str, Any] = {
         "forwarder": {"async": asdict(settings.model)},
         "worker": {
             **asdict(settings.worker),
@@ -98,14 +99,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             "result_backend": mask_url(settings.worker.result_backend),
         },
         "firehose_max_pool_connections": settings.firehose_max_pool_connections,
-        "effective": {
-            "broker": config.kind,
-            "broker_url": mask_url(config.broker_url),
-            "result_backend": mask_url(config.result_backend),
-            "visibility_timeout_seconds": settings.worker.visibility_timeout,
-        },
     }
-    sys.stdout.write(yaml.safe_dump(effective, sort_keys=False))
+    sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+    sys.stdout.write(
+        f"# broker: {config.kind} ({mask_url(config.broker_url)})\n"
+        f"# results: {mask_url(config.result_backend)}\n"
+        f"# visibility timeout: {settings.worker.visibility_timeout} s\n"
+    )
     return 0
 
 

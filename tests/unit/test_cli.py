@@ -1,0 +1,78 @@
+"""The command line: check-config's output, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from forwarder.cli import main
+from forwarder.settings import load_settings
+
+SETTINGS_ENV_PREFIXES = ("FORWARDER_", "CELERY_WORKER_", "SERIALIZE_RESULTS", "FIREHOSE_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The CLI reads the process environment: keep the caller's settings out of these tests."""
+    for name in list(os.environ):
+        if name.startswith(SETTINGS_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+def test_check_config_prints_a_file_that_loads_back_to_the_same_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "check-config",
+        "--data-dir", str(tmp_path),
+        "--pool", "gevent",
+        "--concurrency", "16",
+        "--task-visibility", "VISIBILITY_1H",
+        "--set", "forwarder.async.user_port=8080",
+        "--set", "worker.model_retries=3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "# broker: embedded" in printed
+    assert "# visibility timeout: 3600 s" in printed
+    config = tmp_path / "printed.yaml"
+    config.write_text(printed)
+    expected = load_settings(
+        env={},
+        overrides=["forwarder.async.user_port=8080", "worker.model_retries=3"],
+        flags={
+            "--data-dir": str(tmp_path),
+            "--pool": "gevent",
+            "--concurrency": "16",
+            "--task-visibility": "VISIBILITY_1H",
+        },
+    )
+    assert load_settings(config, env={}) == expected
+
+
+def test_check_config_masks_passwords(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "redis://user:s3cret-pw@127.0.0.1:6379/0"
+    assert main(["check-config", "--broker-url", url, "--result-backend", url]) == 0
+    printed = capsys.readouterr().out
+    assert "s3cret-pw" not in printed
+    assert "redis://user:***@127.0.0.1:6379/0" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["check-config", "--concurrency", "zero"], "--concurrency='zero'"),
+        (["check-config", "--set", "worker.colour=blue"], "worker.colour='blue'"),
+        (["submit", "[1, 2]"], "payload='[1, 2]'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"forwarder: invalid {named}; allowed: ")
+    assert error.count("\n") == 1
