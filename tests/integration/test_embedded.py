@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -44,3 +45,33 @@ def test_embedded_default_round_trip(
     assert custom["error_metadata"].startswith("Internal failure\n")
     assert echo.stats()["predict_requests"] == 3
     assert worker.running
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("pool", ["prefork", "gevent"])
+def test_embedded_warm_shutdown_loses_nothing(
+    pool: str, procs: Any, tmp_path: Path, helpers: SimpleNamespace
+) -> None:
+    data_dir = tmp_path / "data"
+    echo = procs.echo()
+    first = procs.worker(
+        model_port=echo.port, pool=pool, queue="embedded", data_dir=data_dir, concurrency=2
+    )
+    client = procs.client(data_dir=data_dir, queue="embedded")
+    ids = [client.submit({"args": {"n": n, "delay": 1.5}}) for n in range(6)]
+    helpers.wait_for(
+        lambda: sum(client.get(t).status == "STARTED" for t in ids) == 2,
+        15,
+        lambda: [client.get(t).status for t in ids],
+    )
+    assert first.stop(signal.SIGTERM, timeout=30) == 0, first.log()[-3000:]
+    done_by_first = [t for t in ids if client.get(t).status == "SUCCESS"]
+    assert len(done_by_first) >= 2, [client.get(t).status for t in ids]
+
+    procs.worker(
+        model_port=echo.port, pool=pool, queue="embedded", data_dir=data_dir, concurrency=2
+    )
+    results = helpers.wait_all(client, ids, timeout=30)
+    assert [results[t].status for t in ids] == ["SUCCESS"] * 6
+    assert echo.stats()["predict_requests"] == 6, "a task ran more or less than exactly once"
