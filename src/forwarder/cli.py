@@ -60,11 +60,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, worker: bool) -> Non
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {
-        flag: getattr(args, flag[2:].replace("-", "_"))
-        for flag in _SETTINGS_FLAGS
-        if getattr(args, flag[2:].replace("-", "_"), None) is not None
-    }
+    given = {flag: getattr(args, flag[2:].replace("-", "_"), None) for flag in _SETTINGS_FLAGS}
+    flags = {flag: value for flag, value in given.items() if value is not None}
     return load_settings(args.config, args.set, flags=flags)
 
 
