@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SERIALIZE_KEY = "serialize_results_as_string"
 _REPLY_EXCERPT = 200
+READINESS_READ_TIMEOUT = 10.0
 
 
 def unwrap_payload(payload: Mapping[str, Any], model: ModelServerSettings) -> tuple[Any, bool]:
@@ -125,16 +126,12 @@ class Forwarder:
         except requests.exceptions.ConnectionError as exc:
             # requests reports a read timeout in the middle of the body as a ConnectionError.
             if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
-                raise ModelServerTimeout(
-                    f"model server at {url} did not reply within {self.timeout[1]:g} s"
-                ) from None
+                raise self._timed_out(url) from None
             raise ModelServerUnavailable(
                 f"cannot connect to model server at {url}: {exc}"
             ) from None
         except requests.exceptions.Timeout:
-            raise ModelServerTimeout(
-                f"model server at {url} did not reply within {self.timeout[1]:g} s"
-            ) from None
+            raise self._timed_out(url) from None
         except requests.exceptions.RequestException as exc:
             raise ModelServerUnavailable(
                 f"request to model server at {url} failed: {exc}"
@@ -150,6 +147,11 @@ class Forwarder:
             ) from None
         return wrap_response(response, reply.status_code, self.model, serialize_as_string)
 
+    def _timed_out(self, url: str) -> ModelServerTimeout:
+        return ModelServerTimeout(
+            f"model server at {url} did not reply within {self.timeout[1]:g} s"
+        )
+
     def wait_until_ready(
         self,
         timeout: float = 0.0,
@@ -163,11 +165,12 @@ class Forwarder:
         started = last_log = time.monotonic()
         log.info("waiting for model server to be ready at %s", url)
         while True:
-            probe_timeout = self.timeout
+            # A readiness route answers at once or not at all: no need for the model's timeout.
+            probe_timeout = (self.timeout[0], min(self.timeout[1], READINESS_READ_TIMEOUT))
             if timeout:
                 # A readiness route that hangs must not hold the wait past its own timeout.
                 left = max(timeout - (time.monotonic() - started), 0.05)
-                probe_timeout = (min(self.timeout[0], left), min(self.timeout[1], left))
+                probe_timeout = (min(probe_timeout[0], left), min(probe_timeout[1], left))
             try:
                 status = requests.get(url, timeout=probe_timeout).status_code
                 problem = f"HTTP {status}"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from forwarder import forwarding
 from forwarder.echo_server import EchoServer, make_server
 from forwarder.errors import (
     ModelResponseError,
@@ -543,6 +544,29 @@ def test_wait_until_ready_is_bounded_by_its_timeout_when_the_probe_hangs() -> No
         started = time.monotonic()
         with pytest.raises(ModelServerUnavailable, match="Timeout"):
             forward.wait_until_ready(timeout=0.5, interval=0.05)
+        assert time.monotonic() - started < 3.0
+
+
+def test_wait_without_timeout_probes_again_when_the_readiness_route_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With no overall timeout, a hanging probe must still give up (not wait out the model's
+    # 30 s read timeout) and be retried, so the wait keeps logging and can see readiness.
+    monkeypatch.setattr(forwarding, "READINESS_READ_TIMEOUT", 0.2)
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen(8)
+        forward = make_forwarder(listener.getsockname()[1], read_timeout=30.0)
+        sleeps: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            if len(sleeps) == 3:
+                raise RuntimeError("third probe")
+
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="third probe"):
+            forward.wait_until_ready(timeout=0, interval=0.05, sleep=sleep)
         assert time.monotonic() - started < 3.0
 
 
