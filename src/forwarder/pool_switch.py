@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from forwarder.errors import ConfigError
 
-__all__ = ["MAX_TASKS_ENV", "POOLS", "POOL_ENV", "patch_gevent"]
+__all__ = ["MAX_TASKS_ENV", "POOLS", "POOL_ENV", "check_gevent_patched", "patch_gevent"]
 
 POOLS = ("prefork", "gevent")
 POOL_ENV = "CELERY_WORKER_POOL"
@@ -28,3 +28,17 @@ def patch_gevent() -> None:
             "pool", "gevent", "gevent installed: pip install 'inference-forwarder[gevent]'"
         ) from None
     monkey.patch_all()
+
+
+def check_gevent_patched() -> None:
+    """Refuse to run a gevent pool on unpatched sockets, where greenlets would run one at a time."""
+    from gevent import monkey
+
+    unpatched = [name for name in ("socket", "ssl") if not monkey.is_module_patched(name)]
+    if unpatched:
+        raise ConfigError(
+            "pool",
+            "gevent",
+            f"gevent patched before anything else ({', '.join(unpatched)} not patched): start "
+            "through `forwarder worker` or `python -m forwarder worker`, which patch first",
+        )

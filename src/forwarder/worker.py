@@ -15,8 +15,9 @@ from typing import Any
 from celery import Celery, Task
 
 from forwarder.brokers import broker_config, celery_app
-from forwarder.errors import ConfigError, ForwarderError, ModelServerUnavailable
+from forwarder.errors import ForwarderError, ModelServerUnavailable
 from forwarder.forwarding import Forwarder
+from forwarder.pool_switch import check_gevent_patched
 from forwarder.settings import Settings, mask_url
 
 __all__ = ["LEGACY_TASK_NAME", "LIRA_TASK_NAME", "TASK_NAMES", "create_worker_app", "run_worker"]
@@ -91,20 +92,6 @@ def create_worker_app(settings: Settings, forwarder: Forwarder) -> Celery:
             throws=(ForwarderError,),
         )
     return app
-
-
-def check_gevent_patched() -> None:
-    """Refuse to run a gevent pool on unpatched sockets, where greenlets would run one at a time."""
-    from gevent import monkey
-
-    unpatched = [name for name in ("socket", "ssl") if not monkey.is_module_patched(name)]
-    if unpatched:
-        raise ConfigError(
-            "--pool",
-            "gevent",
-            f"gevent patched before anything else ({', '.join(unpatched)} not patched): select it "
-            "with --pool or CELERY_WORKER_POOL and start through `forwarder` or `python -m forwarder`",
-        )
 
 
 def run_worker(settings: Settings) -> int:

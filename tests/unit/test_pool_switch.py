@@ -43,6 +43,19 @@ def test_missing_gevent_is_a_config_error_with_the_install_hint(
     assert len(message.splitlines()) == 1
 
 
+def test_an_unpatched_process_is_refused_a_gevent_pool() -> None:
+    pytest.importorskip("gevent")
+    from forwarder.pool_switch import check_gevent_patched
+
+    # This test process never patched: exactly what a too-early import would leave behind.
+    with pytest.raises(ConfigError) as info:
+        check_gevent_patched()
+    message = str(info.value)
+    assert "socket, ssl not patched" in message
+    assert "python -m forwarder worker" in message
+    assert len(message.splitlines()) == 1
+
+
 def test_pool_switch_imports_nothing_heavy_at_module_level() -> None:
     tree = ast.parse(Path(pool_switch.__file__).read_text(encoding="utf-8"))
     top_level_imports: set[str] = set()
