@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from forwarder.errors import ConfigError, ForwarderError
+from forwarder.hook_settings import masked_document
 from forwarder.pool_switch import patch_gevent
 from forwarder.settings import Settings, load_settings, mask_url
 
@@ -96,6 +97,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             "result_backend": mask_url(settings.worker.result_backend),
         },
         "firehose_max_pool_connections": settings.firehose_max_pool_connections,
+        **masked_document(settings.hooks),
     }
     sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
     sys.stdout.write(

@@ -43,10 +43,25 @@ def unwrap_payload(payload: Mapping[str, Any], model: ModelServerSettings) -> tu
     serialize = _payload_serialize_flag(payload)
     body: Any = payload
     if model.model_engine_unwrap:
+        _refuse_pickles(payload)
         body = payload.get("args", payload)
         if serialize is None and isinstance(body, Mapping):
             serialize = _payload_serialize_flag(body)
     return body, model.serialize_results_as_string if serialize is None else serialize
+
+
+def _refuse_pickles(payload: Mapping[str, Any]) -> None:
+    """Fail a request that needs unpickling: nothing from a message is ever unpickled."""
+    if payload.get("cloudpickle") is not None:
+        raise PayloadError(
+            "payload field cloudpickle is not supported: the forwarder never unpickles; "
+            "send the model's input as JSON in args"
+        )
+    if payload.get("return_pickled") not in (None, False):
+        raise PayloadError(
+            f"return_pickled={payload['return_pickled']!r} is not supported: results are "
+            "JSON; send return_pickled=false or leave it out"
+        )
 
 
 def _payload_serialize_flag(payload: Mapping[str, Any]) -> bool | None:

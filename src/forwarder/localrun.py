@@ -1,6 +1,6 @@
 """Child processes on 127.0.0.1 for the demo, the tests and the benchmarks.
 
-The echo model server, a worker and a throwaway ``redis-server``, each with its output in a log
+The echo model server, a worker, a throwaway ``redis-server`` and moto's AWS endpoint, each with its output in a log
 file, a bounded wait for the line that says it is up, and a stop that never leaves one behind.
 """
 
@@ -21,11 +21,13 @@ from pathlib import Path
 __all__ = [
     "HOST",
     "Child",
+    "aws_environment",
     "environment",
     "find_redis_server",
     "free_port",
     "start_echo_server",
     "start_forwarder",
+    "start_moto",
     "start_redis",
 ]
 
@@ -207,3 +209,29 @@ def start_redis(
         else:
             return child, port
     raise ValueError(f"attempts must be at least 1, not {attempts}")
+
+
+def start_moto(log_path: Path, *, timeout: float = STARTUP_TIMEOUT) -> tuple[Child, str]:
+    """moto's server mode (STS, SQS, S3, Firehose over HTTP); returns it and its endpoint URL.
+
+    moto checks no credentials and keeps everything in memory; ``POST /moto-api/reset`` clears it.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
+    child = Child(command, log_path)
+    _started(child, r"Running on http://127\.0\.0\.1", timeout)
+    return child, f"http://{HOST}:{port}"
+
+
+def aws_environment(endpoint_url: str, region: str = "us-east-1") -> dict[str, str | None]:
+    """Environment changes that point every AWS client at ``endpoint_url`` with dummy keys."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": None,
+        "AWS_PROFILE": None,
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }

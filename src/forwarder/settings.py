@@ -35,6 +35,7 @@ from forwarder._parse import (
     route,
 )
 from forwarder.errors import ConfigError
+from forwarder.hook_settings import HOOK_SECTIONS, HookSettings, parse_hook_settings
 
 __all__ = ["ModelServerSettings", "Settings", "WorkerSettings", "load_settings", "mask_url"]
 
@@ -110,6 +111,7 @@ class Settings:
 
     model: ModelServerSettings = field(default_factory=ModelServerSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    hooks: HookSettings = field(default_factory=HookSettings)
     firehose_max_pool_connections: int = 10
 
 
@@ -182,7 +184,7 @@ _MODEL_ENGINE_KEYS = {f.name for f in fields(ModelServerSettings)} | {
     "batch_route",
     "extra_routes",
 }
-_TOP_LEVEL_KEYS = ("forwarder", "worker", "firehose_max_pool_connections")
+_TOP_LEVEL_KEYS = ("forwarder", "worker", "firehose_max_pool_connections", *HOOK_SECTIONS)
 _FORWARDER_KEYS = ("sync", "async", "stream", "max_concurrency")
 
 
@@ -212,6 +214,7 @@ def load_settings(
     return Settings(
         model=ModelServerSettings(**values["model"]),
         worker=WorkerSettings(**values["worker"]),
+        hooks=parse_hook_settings(document),
         **values[""],
     )
 

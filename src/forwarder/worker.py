@@ -4,6 +4,11 @@ A task POSTs its payload to the model server and returns the shaped reply. A con
 (the model server may be restarting) sends the task back through the broker with backoff, up to
 ``model_retries`` times; any other error fails that task alone, with model-engine's ``custom``
 error payload stored next to Celery's ``exc_type`` / ``exc_message``.
+
+Once a task has reached SUCCESS or FAILURE and its result is stored, the post-inference hooks
+run in the same slot (``after_return``); a retry is not final, so it runs none. Each process
+closes its hooks (flushing what its sinks buffer) when it stops: a prefork child when it exits or
+is recycled, a gevent worker at warm shutdown.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import logging
 import random
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from forwarder.brokers import broker_config, celery_app
 from forwarder.errors import ForwarderError, ModelServerUnavailable
 from forwarder.forwarding import Forwarder
+from forwarder.hooks import HookRunner, TaskOutcome, build_hooks
 from forwarder.pool_switch import check_gevent_patched
 from forwarder.settings import Settings, mask_url
 
@@ -44,7 +50,39 @@ def build_forwarder(settings: Settings) -> Forwarder:
     )
 
 
-def create_worker_app(settings: Settings, forwarder: Forwarder) -> Celery:
+class HookedTask(Task):  # type: ignore[misc]  # Celery is untyped
+    """Runs the post-inference hooks once the task's final state is stored."""
+
+    hooks: HookRunner | None = None
+    queue_name: str | None = None
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        if not self.hooks or status not in ("SUCCESS", "FAILURE"):
+            return
+        succeeded = status == "SUCCESS"
+        self.hooks.run(
+            TaskOutcome(
+                task_id=task_id,
+                queue=self.queue_name,
+                request=args[0] if args else None,
+                succeeded=succeeded,
+                result=retval if succeeded else None,
+                error=None if succeeded else f"{type(retval).__name__}: {retval}",
+            )
+        )
+
+
+def create_worker_app(
+    settings: Settings, forwarder: Forwarder, hooks: HookRunner | None = None
+) -> Celery:
     """A Celery app with the forwarding task registered under both task names."""
     app = celery_app(settings)
     retries = settings.worker.model_retries
@@ -83,6 +121,9 @@ def create_worker_app(settings: Settings, forwarder: Forwarder) -> Celery:
         app.task(
             forward,
             name=name,
+            base=HookedTask,
+            hooks=hooks,
+            queue_name=settings.worker.queue,
             bind=True,
             track_started=True,
             acks_late=True,
@@ -92,6 +133,15 @@ def create_worker_app(settings: Settings, forwarder: Forwarder) -> Celery:
             throws=(ForwarderError,),
         )
     return app
+
+
+def _close_hooks_on_exit(hooks: HookRunner, pool: str) -> None:
+    def close(**_: Any) -> None:
+        hooks.close()
+
+    # Under prefork the hooks run (and buffer) in the children; the parent never ran one.
+    exit_signal = signals.worker_shutdown if pool == "gevent" else signals.worker_process_shutdown
+    exit_signal.connect(close, weak=False)
 
 
 def run_worker(settings: Settings) -> int:
@@ -112,8 +162,11 @@ def run_worker(settings: Settings) -> int:
         settings.model.predict_url,
     )
     forwarder = build_forwarder(settings)
+    hooks = build_hooks(settings)
     forwarder.wait_until_ready(worker.readiness_timeout_seconds)
-    app = create_worker_app(settings, forwarder)
+    app = create_worker_app(settings, forwarder, hooks)
+    if hooks:
+        _close_hooks_on_exit(hooks, worker.pool)
     options: dict[str, Any] = {
         "pool": worker.pool,
         "concurrency": worker.concurrency,

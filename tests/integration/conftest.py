@@ -14,10 +14,13 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,11 +33,13 @@ from forwarder.client import ForwarderClient, TaskResult
 from forwarder.localrun import (
     HOST,
     Child,
+    aws_environment,
     environment,
     find_redis_server,
     free_port,
     start_echo_server,
     start_forwarder,
+    start_moto,
     start_redis,
 )
 from forwarder.settings import load_settings
@@ -321,11 +326,6 @@ def start_worker(procs: Processes) -> Callable[..., Worker]:
 # --------------------------------------------------------------------------------------------
 
 
-# --------------------------------------------------------------------------------------------
-# Redis
-# --------------------------------------------------------------------------------------------
-
-
 class RedisServer:
     def __init__(self, port: int, child: Child) -> None:
         self.port = port
@@ -387,6 +387,124 @@ def module_redis_url(redis_server: RedisServer) -> Iterator[str]:
         yield redis_server.url(db)
     finally:
         redis_server.release_db(db)
+
+
+# --------------------------------------------------------------------------------------------
+# A callback receiver
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class CallbackReceiver:
+    """An HTTP server in this process that records every POST and answers ``statuses`` in turn.
+
+    Once ``statuses`` is used up it answers 200.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.statuses: list[int] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    receiver.received.append(Received(self.path, dict(self.headers), body))
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/callback") -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def by_task_id(self) -> dict[str, Received]:
+        with self._lock:
+            return {r.json()["task_id"]: r for r in self.received}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def callback_receiver() -> Iterator[CallbackReceiver]:
+    receiver = CallbackReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+# --------------------------------------------------------------------------------------------
+# AWS (moto's server mode)
+# --------------------------------------------------------------------------------------------
+
+
+class MotoServer:
+    """moto on 127.0.0.1: ``env`` points a child's AWS clients at it, ``client()`` this process's."""
+
+    region = "us-east-1"
+
+    def __init__(self, endpoint_url: str, child: Child) -> None:
+        self.endpoint_url = endpoint_url
+        self.child = child
+        self.env: dict[str, str | None] = aws_environment(endpoint_url, self.region)
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            **kwargs,
+        )
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.status == 200
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    try:
+        child, endpoint_url = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    except RuntimeError as exc:
+        pytest.fail(f"moto server did not start: {exc}")
+    try:
+        yield MotoServer(endpoint_url, child)
+    finally:
+        child.stop(signal.SIGTERM, timeout=10)
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """The session's moto server, emptied for this test."""
+    moto_server.reset()
+    return moto_server
 
 
 def stored_meta(url: str, task_id: str) -> dict[str, Any] | None:

@@ -76,3 +76,28 @@ def test_bad_input_exits_2_with_one_line(
     error = capsys.readouterr().err
     assert error.startswith(f"forwarder: invalid {named}; allowed: ")
     assert error.count("\n") == 1
+
+
+def test_check_config_round_trips_and_masks_the_hook_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "hooks.yaml"
+    config.write_text(
+        "hooks: [logging, callback]\n"
+        "endpoint: {id: end_1, labels: {team: ml}}\n"
+        "callback: {default_url: 'http://127.0.0.1:9/cb', signing_secret: whsec_c2VjcmV0,\n"
+        "           default_auth: {kind: basic, username: alice, password: hunter2}}\n"
+        "logging: {sink: file, path: /tmp/records.jsonl}\n"
+    )
+    assert main(["check-config", "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "hunter2" not in printed
+    assert "whsec_c2VjcmV0" not in printed
+    assert "username: alice" in printed
+    unmasked = load_settings(config, env={}).hooks
+    reloaded_file = tmp_path / "printed.yaml"
+    reloaded_file.write_text(printed)
+    reloaded = load_settings(reloaded_file, env={}).hooks
+    assert reloaded.names == unmasked.names == ("logging", "callback")
+    assert reloaded.endpoint == unmasked.endpoint
+    assert reloaded.logging == unmasked.logging

@@ -114,6 +114,27 @@ def test_null_override_is_no_override() -> None:
     assert serialize is True
 
 
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"args": {"x": 1}, "cloudpickle": "gASVAAAAAAAAAAB9lC4="}, "cloudpickle"),
+        ({"args": {"x": 1}, "return_pickled": True}, "return_pickled"),
+        ({"args": {"x": 1}, "return_pickled": "yes"}, "return_pickled"),
+    ],
+)
+def test_pickled_requests_are_refused(payload: dict[str, Any], field: str) -> None:
+    with pytest.raises(PayloadError, match=f"{field}.*not supported"):
+        unwrap_payload(payload, UNWRAP)
+
+
+def test_unpickled_flags_are_accepted_as_data() -> None:
+    payload = {"args": {"x": 1}, "cloudpickle": None, "return_pickled": False}
+    assert unwrap_payload(payload, UNWRAP) == ({"x": 1}, True)
+    # Without unwrapping the payload is the model's own body: its keys mean nothing here.
+    whole = {"cloudpickle": "abc", "return_pickled": True}
+    assert unwrap_payload(whole, NO_UNWRAP) == (whole, False)
+
+
 # ---------------------------------------------------------------------------------- wrap_response
 
 
