@@ -1,7 +1,8 @@
 """``forwarder demo``: the echo model server and a worker on the embedded default, 50 tasks, a table.
 
 Everything runs from a temporary data folder and is stopped at the end, the worker with the same
-SIGTERM warm shutdown a deployment would use.
+SIGTERM warm shutdown a deployment would use. The logging hook writes a record of every task to
+the file sink in that folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.table import Table
 from forwarder.client import ForwarderClient, TaskResult
 from forwarder.localrun import start_echo_server, start_forwarder
 from forwarder.settings import load_settings
+from forwarder.sinks import DEFAULT_FILE_NAME
 
 __all__ = ["run_demo"]
 
@@ -51,6 +53,7 @@ def run_demo(
                 "--concurrency", str(concurrency),
                 "--set", "forwarder.async.user_hostname=127.0.0.1",
                 "--set", f"forwarder.async.user_port={port}",
+                "--set", "hooks=[logging]",
             ],
             data_dir / "worker.log",
         )  # fmt: skip
@@ -66,11 +69,14 @@ def run_demo(
             if result.error:
                 console.print(f"task #{index} failed: {result.error}", soft_wrap=True)
         done = sum(r.ready for r in results)
+        records_file = data_dir / DEFAULT_FILE_NAME
+        records = len(records_file.read_text().splitlines()) if records_file.exists() else 0
         console.print(
             f"{done}/{tasks} tasks finished in {elapsed:.2f} s ({tasks / elapsed:.0f} tasks/s); "
+            f"logging hook: {records} records in {DEFAULT_FILE_NAME}; "
             f"worker stopped with exit status {worker_code}"
         )
-        return 0 if done == tasks and worker_code == 0 else 1
+        return 0 if done == tasks == records and worker_code == 0 else 1
 
 
 def _run_tasks(console: Console, data_dir: Path, tasks: int) -> tuple[list[TaskResult], float]:
