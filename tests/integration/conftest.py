@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -90,7 +90,7 @@ def wait_for(
         time.sleep(interval)
 
 
-def env_changes(**overrides: str) -> dict[str, str | None]:
+def env_changes(**overrides: str | None) -> dict[str, str | None]:
     """What a test's process changes in the inherited environment (``None`` removes)."""
     return {**dict.fromkeys(_WORKER_ENV_VARS), "PYTHONUNBUFFERED": "1", **overrides}
 
@@ -235,7 +235,7 @@ class Processes:
         data_dir: Path | None = None,
         concurrency: int | None = 1,
         sets: Sequence[str] = (),
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         extra_args: Sequence[str] = (),
         wait: bool = True,
         ready_timeout: float = 30.0,
@@ -266,9 +266,14 @@ class Processes:
         return worker.wait_ready(ready_timeout) if wait else worker
 
     def client(
-        self, *, broker_url: str | None = None, data_dir: Path | None = None, queue: str
+        self,
+        *,
+        broker_url: str | None = None,
+        data_dir: Path | None = None,
+        queue: str,
+        extra_flags: Mapping[str, object] | None = None,
     ) -> ForwarderClient:
-        flags: dict[str, object] = {"--queue": queue}
+        flags: dict[str, object] = {"--queue": queue, **(extra_flags or {})}
         if broker_url is not None:
             flags["--broker-url"] = broker_url
         if data_dir is not None:
@@ -481,6 +486,31 @@ class MotoServer:
             aws_secret_access_key="testing",
             **kwargs,
         )
+
+    def firehose_to_s3(self, stream: str, bucket: str) -> None:
+        """A bucket and a delivery stream into it: moto writes each put call there at once."""
+        self.client("s3").create_bucket(Bucket=bucket)
+        self.client("firehose").create_delivery_stream(
+            DeliveryStreamName=stream,
+            DeliveryStreamType="DirectPut",
+            ExtendedS3DestinationConfiguration={
+                "RoleARN": "arn:aws:iam::123456789012:role/firehose-delivery",
+                "BucketARN": f"arn:aws:s3:::{bucket}",
+                "Prefix": "records/",
+            },
+        )
+
+    def s3_objects(self, bucket: str) -> list[bytes]:
+        s3 = self.client("s3")
+        keys = [
+            item["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for item in page.get("Contents", [])
+        ]
+        return [s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys]
+
+    def s3_json_lines(self, bucket: str) -> list[Any]:
+        return [json.loads(line) for body in self.s3_objects(bucket) for line in body.splitlines()]
 
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")

@@ -7,7 +7,6 @@ so credential refreshes are counted on the sink's client cache, not observed as 
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections import Counter
@@ -36,16 +35,7 @@ def moto_env(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    moto.client("s3").create_bucket(Bucket=BUCKET)
-    moto.client("firehose").create_delivery_stream(
-        DeliveryStreamName=STREAM,
-        DeliveryStreamType="DirectPut",
-        ExtendedS3DestinationConfiguration={
-            "RoleARN": "arn:aws:iam::123456789012:role/firehose-delivery",
-            "BucketARN": f"arn:aws:s3:::{BUCKET}",
-            "Prefix": "records/",
-        },
-    )
+    moto.firehose_to_s3(STREAM, BUCKET)
     return moto
 
 
@@ -72,22 +62,6 @@ def log_record(i: int) -> dict[str, Any]:
     }
 
 
-def bucket_objects(moto: Any) -> list[bytes]:
-    s3 = moto.client("s3")
-    keys = [
-        item["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-        for item in page.get("Contents", [])
-    ]
-    return [s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys]
-
-
-def delivered(moto: Any) -> list[dict[str, Any]]:
-    return [
-        json.loads(line) for body in bucket_objects(moto) for line in body.decode().splitlines()
-    ]
-
-
 def task_ids(records: list[dict[str, Any]]) -> Counter[str]:
     return Counter(r["RESPONSE_BODY"]["task_id"] for r in records)
 
@@ -102,12 +76,12 @@ def test_every_record_arrives_once_in_few_calls(moto_env: Any) -> None:
         times.append(time.perf_counter() - started)
     sink.close()
 
-    records = delivered(moto_env)
+    records = moto_env.s3_json_lines(BUCKET)
     assert task_ids(records) == Counter(f"task-{i}" for i in range(count))
     assert sorted(records, key=lambda r: r["RESPONSE_BODY"]["result"]["n"]) == [
         log_record(i) for i in range(count)
     ]
-    assert len(bucket_objects(moto_env)) == sink.put_calls  # one object per call in moto
+    assert len(moto_env.s3_objects(BUCKET)) == sink.put_calls  # one object per call in moto
     assert sink.put_calls / count <= 0.01
     assert sink.client.builds == 1
     assert (sink.counts.sent, sink.counts.dropped) == (count, 0)
@@ -139,7 +113,7 @@ def test_short_credentials_are_assumed_once_per_lifetime(moto_env: Any) -> None:
     elapsed = time.monotonic() - started
 
     expected = elapsed / (lifetime - leeway)
-    assert task_ids(delivered(moto_env)) == Counter(f"task-{i}" for i in range(sent))
+    assert task_ids(moto_env.s3_json_lines(BUCKET)) == Counter(f"task-{i}" for i in range(sent))
     assert expected - 1 <= sink.client.builds <= expected + 1.5
     assert sink.client.failed_builds == 0
     assert sink.put_calls > 5 * sink.client.builds  # not rebuilt per call, let alone per record
@@ -182,7 +156,7 @@ def test_a_failed_rebuild_keeps_serving_and_the_next_succeeds(
     sink.close()
     assert (sink.client.builds, sink.client.failed_builds) == (2, 1)
     assert built[2] is not None and built[2] is not built[0]
-    assert task_ids(delivered(moto_env)) == Counter(f"task-{i}" for i in range(3))
+    assert task_ids(moto_env.s3_json_lines(BUCKET)) == Counter(f"task-{i}" for i in range(3))
     assert sink.counts.dropped == 0
 
 

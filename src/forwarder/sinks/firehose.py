@@ -163,6 +163,14 @@ class FirehoseSink(Sink):
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join()
         self.flush()
+        log.info(
+            "firehose sink: sent=%d retried=%d dropped=%d put_calls=%d client_builds=%d",
+            self.counts.sent,
+            self.counts.retried,
+            self.counts.dropped,
+            self.put_calls,
+            self.client.builds,
+        )
 
     def _run_flusher(self, stop: threading.Event, wake: threading.Event) -> None:
         while True:
