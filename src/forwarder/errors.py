@@ -7,6 +7,8 @@
      │    ├── ModelServerUnavailable   could not connect, after every retry
      │    ├── ModelServerTimeout       connected, but no reply within the timeout
      │    └── ModelResponseError       replied, but the body is not JSON
+     ├── HookError                   a hook failed (logged and counted; the task is unaffected)
+     │    └── CallbackError            the callback was not delivered
      └── ClientError                 raised by the client (submit / get / wait)
           └── TaskWaitTimeout          the task did not finish within the wait
 
@@ -17,9 +19,11 @@ stored ``exc_type`` / ``exc_message``.
 from __future__ import annotations
 
 __all__ = [
+    "CallbackError",
     "ClientError",
     "ConfigError",
     "ForwarderError",
+    "HookError",
     "ModelResponseError",
     "ModelServerError",
     "ModelServerTimeout",
@@ -73,6 +77,14 @@ class ModelServerTimeout(ModelServerError):
 
 class ModelResponseError(ModelServerError):
     """The model server replied with a body that is not JSON."""
+
+
+class HookError(ForwarderError):
+    """A post-inference hook failed; the task's result is unaffected."""
+
+
+class CallbackError(HookError):
+    """The callback was not delivered: a URL not allowed, a refusal, or every attempt failed."""
 
 
 class ClientError(ForwarderError):

@@ -161,6 +161,9 @@ def parse_callback_auth(value: object, key: str) -> CallbackAuth:
     for name in needed:
         if "-----BEGIN" not in value[name]:
             raise ConfigError(f"{key}.{name}", "(not shown)", "PEM contents (-----BEGIN ...)")
+    if "ENCRYPTED" in value["key"]:
+        # OpenSSL would ask for the passphrase on the terminal and hang the worker.
+        raise ConfigError(f"{key}.key", "(encrypted)", "an unencrypted PEM private key")
     return MtlsAuth(cert=value["cert"], key=value["key"])
 
 

@@ -16,9 +16,11 @@ from celery.backends.base import BaseBackend
 from forwarder import errors
 from forwarder.backends.base import ErrorPayloadMixin, error_payload
 from forwarder.errors import (
+    CallbackError,
     ClientError,
     ConfigError,
     ForwarderError,
+    HookError,
     ModelResponseError,
     ModelServerError,
     ModelServerTimeout,
@@ -54,9 +56,11 @@ def _docstring_tree() -> dict[str, str | None]:
 def test_every_error_class_is_listed() -> None:
     names = {cls.__name__ for cls in ERROR_CLASSES}
     assert names == {
+        "CallbackError",
         "ClientError",
         "ConfigError",
         "ForwarderError",
+        "HookError",
         "ModelResponseError",
         "ModelServerError",
         "ModelServerTimeout",
@@ -74,8 +78,9 @@ def test_every_error_derives_from_forwarder_error(cls: type[Exception]) -> None:
 
 def test_hierarchy() -> None:
     assert ForwarderError.__bases__ == (Exception,)
-    for cls in (ConfigError, PayloadError, ModelServerError, ClientError):
+    for cls in (ConfigError, PayloadError, ModelServerError, HookError, ClientError):
         assert cls.__bases__ == (ForwarderError,)
+    assert CallbackError.__bases__ == (HookError,)
     for cls in (ModelServerUnavailable, ModelServerTimeout, ModelResponseError):
         assert cls.__bases__ == (ModelServerError,)
     assert TaskWaitTimeout.__bases__ == (ClientError,)
