@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from typing import NamedTuple
+from urllib.parse import parse_qsl, urlsplit
 
 BROKER_SCHEMES = ("redis", "rediss")
-RESULT_BACKEND_SCHEMES = ("redis", "rediss", "file")
+RESULT_BACKEND_SCHEMES = ("redis", "rediss", "file", "s3")
+S3_CHECKSUMS = ("sha256",)
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_.\-]+$|^\[[0-9A-Fa-f:.]+\]$")
+# S3's rule for a bucket name: 3 to 63 lower-case letters, digits, dots and hyphens.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
 class Invalid(ValueError):
@@ -142,7 +146,38 @@ def broker_url(value: object) -> str:
 
 
 def result_backend_url(value: object) -> str:
-    return _url(value, RESULT_BACKEND_SCHEMES, "redis://127.0.0.1:6379/1")
+    url = _url(value, RESULT_BACKEND_SCHEMES, "redis://127.0.0.1:6379/1")
+    if url.startswith("s3://"):
+        s3_location(url)
+    return url
+
+
+class S3Location(NamedTuple):
+    bucket: str
+    prefix: str  # "" or ending in "/"
+    checksum: str | None  # "sha256" or None
+
+
+def s3_location(url: str) -> S3Location:
+    """``s3://BUCKET[/PREFIX][?checksum=sha256]``: where results go, and how they are checked."""
+    allowed = "s3://BUCKET[/PREFIX][?checksum=sha256], for example s3://results/inference"
+    try:
+        parts = urlsplit(url.strip())
+        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise Invalid(allowed) from None
+    options = dict(query)
+    if (
+        parts.scheme != "s3"
+        or not _BUCKET.fullmatch(parts.netloc)
+        or parts.fragment
+        or len(options) != len(query)
+        or set(options) - {"checksum"}
+        or options.get("checksum", S3_CHECKSUMS[0]) not in S3_CHECKSUMS
+    ):
+        raise Invalid(allowed)
+    prefix = parts.path.strip("/")
+    return S3Location(parts.netloc, f"{prefix}/" if prefix else "", options.get("checksum"))
 
 
 def http_url(value: object) -> str:

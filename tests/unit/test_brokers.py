@@ -145,8 +145,11 @@ def test_sqs_predefined_queue(visibility: str, seconds: int) -> None:
     assert config.broker_url == "sqs://"
     assert config.result_backend == REDIS
     assert config.transport_options == {
-        "predefined_queues": {"inference-q": {"url": SQS_URL, "visibility_timeout": seconds}}
+        "predefined_queues": {"inference-q": {"url": SQS_URL, "visibility_timeout": seconds}},
+        "polling_interval": brokers.SQS_POLLING_INTERVAL,
     }
+    # kombu's 1 s default also applies while every slot is busy, idling a saturated worker.
+    assert 0 < brokers.SQS_POLLING_INTERVAL <= 0.1
 
 
 @pytest.mark.parametrize("variable", ["AWS_DEFAULT_REGION", "AWS_REGION"])
@@ -163,6 +166,31 @@ def test_sqs_requires_a_result_backend() -> None:
     assert info.value.key == "--result-backend"
     assert "result backend" in info.value.allowed
     assert len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("queue", ["inference", "Model_endpoint-42", "a" * 80, "orders.fifo"])
+def test_sqs_queue_names(queue: str) -> None:
+    url = SQS_URL + (".fifo" if queue.endswith(".fifo") else "")
+    config = broker_config(WorkerSettings(sqs_url=url, result_backend=REDIS, queue=queue))
+    assert list(config.transport_options["predefined_queues"]) == [queue]
+
+
+@pytest.mark.parametrize("queue", ["my.queue", "with space", "a" * 81, "a:b", ".fifo"])
+def test_sqs_queue_name_kombu_would_rename_is_rejected(queue: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        broker_config(WorkerSettings(sqs_url=SQS_URL, result_backend=REDIS, queue=queue))
+    assert (info.value.key, info.value.value) == ("--queue", queue)
+    assert "SQS queue name" in info.value.allowed
+
+
+@pytest.mark.parametrize(
+    ("queue", "url"), [("orders.fifo", SQS_URL), ("orders", SQS_URL + ".fifo")]
+)
+def test_sqs_fifo_name_must_match_the_queue(queue: str, url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        broker_config(WorkerSettings(sqs_url=url, result_backend=REDIS, queue=queue))
+    assert info.value.key == "--queue"
+    assert ".fifo" in info.value.allowed
 
 
 def test_sqs_url_with_broker_url_is_rejected() -> None:
@@ -197,5 +225,20 @@ def test_celery_app_speaks_the_wire_protocol(tmp_path: Path) -> None:
         assert conf.result_backend == expected.result_backend
         assert conf.broker_transport_options == expected.transport_options
         assert app.backend.__class__.__module__ == "forwarder.backends.filesystem"
+    finally:
+        app.close()
+
+
+def test_celery_app_over_sqs_with_s3_results() -> None:
+    worker = WorkerSettings(
+        sqs_url=SQS_URL, result_backend="s3://results/inference", queue="q-test", concurrency=12
+    )
+    app = celery_app(dataclasses.replace(Settings(), worker=worker))
+    try:
+        assert app.conf.broker_url == "sqs://"
+        assert app.conf.worker_concurrency == 12
+        assert app.conf.broker_transport_options["predefined_queues"]["q-test"]["url"] == SQS_URL
+        assert app.backend.__class__.__module__ == "forwarder.backends.s3"
+        assert app.backend.location.prefix == "inference/"
     finally:
         app.close()

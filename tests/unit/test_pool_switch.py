@@ -19,16 +19,26 @@ import pytest
 
 from forwarder import pool_switch
 from forwarder.errors import ConfigError
-from forwarder.pool_switch import MAX_TASKS_ENV, POOL_ENV, POOLS, patch_gevent
+from forwarder.pool_switch import (
+    MAX_TASKS_ENV,
+    PATCH_FIRST,
+    PATCHED_MODULES,
+    POOL_ENV,
+    POOLS,
+    patch_gevent,
+)
 
-HEAVY = ("celery", "kombu", "requests", "urllib3", "gevent", "boto3", "botocore", "yaml")
-LATE = ("celery", "kombu", "requests", "urllib3", "boto3")
+HEAVY = ("celery", "kombu", "redis", "requests", "urllib3", "gevent", "boto3", "botocore", "yaml")
+LATE = ("celery", "kombu", "redis", "requests", "urllib3", "boto3", "botocore")
 
 
 def test_constants() -> None:
     assert POOLS == ("prefork", "gevent")
     assert POOL_ENV == "CELERY_WORKER_POOL"
     assert MAX_TASKS_ENV == "CELERY_WORKER_MAX_TASKS_PER_CHILD"
+    assert PATCHED_MODULES == ("socket", "ssl", "select")
+    # What the probes below call late is exactly what the switch guards.
+    assert set(LATE) == set(PATCH_FIRST)
 
 
 def test_missing_gevent_is_a_config_error_with_the_install_hint(
@@ -51,9 +61,21 @@ def test_an_unpatched_process_is_refused_a_gevent_pool() -> None:
     with pytest.raises(ConfigError) as info:
         check_gevent_patched()
     message = str(info.value)
-    assert "socket, ssl not patched" in message
+    assert "but socket, ssl, select are not" in message
     assert "python -m forwarder worker" in message
+    assert "docs/launchers.md" in message
     assert len(message.splitlines()) == 1
+
+
+def test_the_refusal_names_only_what_is_unpatched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkey = pytest.importorskip("gevent.monkey")
+    from forwarder.pool_switch import check_gevent_patched
+
+    monkeypatch.setattr(monkey, "is_module_patched", lambda name: name != "ssl")
+    with pytest.raises(ConfigError, match="but ssl is not: start it with"):
+        check_gevent_patched()
+    monkeypatch.setattr(monkey, "is_module_patched", lambda name: True)
+    check_gevent_patched()
 
 
 def test_pool_switch_imports_nothing_heavy_at_module_level() -> None:
@@ -64,7 +86,7 @@ def test_pool_switch_imports_nothing_heavy_at_module_level() -> None:
             top_level_imports.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             top_level_imports.add(node.module.split(".")[0])
-    assert top_level_imports == {"__future__", "forwarder"}
+    assert top_level_imports == {"__future__", "forwarder", "sys", "types", "typing"}
 
 
 # -------------------------------------------------------------------------------- in subprocesses
@@ -116,7 +138,8 @@ def test_importing_forwarder_and_its_cli_imports_nothing_heavy(tmp_path: Path) -
 
 # Replaces forwarder.worker so that cli.main(["worker", ...]) stops where the worker would start.
 PROBE = """
-import json, sys, types
+{prelude}
+import contextlib, io, json, sys, types
 argv, config = {argv!r}, {config!r}
 if config:
     open("config.yaml", "w").write(config)
@@ -131,6 +154,7 @@ def run_worker(settings):
         gevent_imported=gevent is not None,
         socket_patched=bool(monkey and monkey.is_module_patched("socket")),
         ssl_patched=bool(monkey and monkey.is_module_patched("ssl")),
+        select_patched=bool(monkey and monkey.is_module_patched("select")),
         late_imported=sorted(m for m in {late!r} if m in sys.modules),
     )
     return 0
@@ -138,16 +162,21 @@ def run_worker(settings):
 probe.run_worker = run_worker
 sys.modules["forwarder.worker"] = probe
 from forwarder.cli import main
-seen["exit"] = main(argv)
+with contextlib.redirect_stderr(io.StringIO()) as stderr:
+    seen["exit"] = main(argv)
+seen["stderr"] = stderr.getvalue()
 print(json.dumps(seen))
 """
 
 
 def probe_worker(
-    tmp_path: Path, argv: list[str], config: str = "", **env: str
+    tmp_path: Path, argv: list[str], config: str = "", prelude: str = "", **env: str
 ) -> dict[str, object]:
     code = PROBE.format(
-        argv=["worker", "--data-dir", str(tmp_path), *argv], config=config, late=LATE
+        prelude=prelude,
+        argv=["worker", "--data-dir", str(tmp_path), *argv],
+        config=config,
+        late=LATE,
     )
     return run_python(code, tmp_path, **env)
 
@@ -157,16 +186,20 @@ GEVENT_PATCHED = {
     "gevent_imported": True,
     "socket_patched": True,
     "ssl_patched": True,
+    "select_patched": True,
     "late_imported": [],
     "exit": 0,
+    "stderr": "",
 }
 PREFORK_UNTOUCHED = {
     "pool": "prefork",
     "gevent_imported": False,
     "socket_patched": False,
     "ssl_patched": False,
+    "select_patched": False,
     "late_imported": [],
     "exit": 0,
+    "stderr": "",
 }
 
 
@@ -200,6 +233,51 @@ def test_a_prefork_worker_never_imports_gevent(
     tmp_path: Path, argv: list[str], env: dict[str, str]
 ) -> None:
     assert probe_worker(tmp_path, argv, **env) == PREFORK_UNTOUCHED
+
+
+# opentelemetry-instrument's Celery instrumentation imports celery.worker.consumer before the
+# worker's code runs, and with it kombu's poller bound to the blocking select.select: patched
+# afterwards, that worker received its first task and never ran it.
+INSTRUMENTED = "import celery.worker.consumer"
+
+
+@pytest.mark.parametrize(
+    ("prelude", "named"),
+    [
+        pytest.param(INSTRUMENTED, "celery, kombu", id="celery"),
+        pytest.param("import kombu.utils.eventio", "kombu", id="kombu"),
+        pytest.param("import requests", "requests, urllib3", id="requests"),
+        pytest.param("import redis", "redis", id="redis"),
+    ],
+)
+def test_a_gevent_worker_refuses_when_celery_or_its_kin_came_first(
+    tmp_path: Path, prelude: str, named: str
+) -> None:
+    pytest.importorskip("gevent")
+    result = probe_worker(tmp_path, ["--pool", "gevent"], prelude=prelude)
+    stderr = str(result.pop("stderr"))
+    assert result == {"exit": 2}  # refused before the worker started
+    assert stderr.startswith("forwarder: invalid pool='gevent'; allowed: gevent patched before")
+    assert f"but {named} came first" in stderr
+    assert "OTEL_PYTHON_AUTO_INSTRUMENTATION_EXPERIMENTAL_GEVENT_PATCH=patch_all" in stderr
+    assert "docs/launchers.md" in stderr
+    assert stderr.count("\n") == 1
+
+
+def test_a_launcher_that_patched_first_may_import_celery_before_the_worker(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("gevent")
+    # What opentelemetry-instrument does with OTEL_PYTHON_AUTO_INSTRUMENTATION_EXPERIMENTAL_GEVENT_PATCH.
+    prelude = f"from gevent import monkey; monkey.patch_all(); {INSTRUMENTED}"
+    result = probe_worker(tmp_path, [], prelude=prelude, **{POOL_ENV: "gevent"})
+    # Patching again is a no-op: no warning either.
+    assert result == {**GEVENT_PATCHED, "late_imported": ["celery", "kombu"]}
+
+
+def test_a_prefork_worker_does_not_mind_what_came_first(tmp_path: Path) -> None:
+    result = probe_worker(tmp_path, [], prelude=INSTRUMENTED)
+    assert result == {**PREFORK_UNTOUCHED, "late_imported": ["celery", "kombu"]}
 
 
 @pytest.mark.parametrize("command", ["check-config", "echo-server --port 0 --help"])

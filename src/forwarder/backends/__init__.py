@@ -10,6 +10,7 @@ BACKEND_CLASSES = {
     "redis": "forwarder.backends.redis:RedisBackend",
     "rediss": "forwarder.backends.redis:RedisBackend",
     "file": "forwarder.backends.filesystem:FilesystemBackend",
+    "s3": "forwarder.backends.s3:S3Backend",
 }
 
 __all__ = ["BACKEND_CLASSES"]
