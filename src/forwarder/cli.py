@@ -47,8 +47,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, worker: bool) -> Non
     )
     parser.add_argument("--queue", help="queue name")
     parser.add_argument("--broker-url", help="redis://... (default: embedded, no server)")
-    parser.add_argument("--result-backend", help="redis://... or file://... for results")
-    parser.add_argument("--sqs-url", help="SQS queue URL (SQS broker)")
+    parser.add_argument(
+        "--result-backend",
+        help="redis://..., file://... or s3://BUCKET[/PREFIX][?checksum=sha256] for results",
+    )
+    parser.add_argument("--sqs-url", help="SQS queue URL (SQS broker; needs --result-backend)")
     parser.add_argument("--data-dir", help="folder of the embedded broker and results")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     if worker:
