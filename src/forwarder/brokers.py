@@ -29,6 +29,7 @@ EMBEDDED_POLLING_INTERVAL = 0.02
 # An empty queue is long-polled for 10 s (kombu's wait_time_seconds) so an idle worker still makes
 # one request per 10 s.
 SQS_POLLING_INTERVAL = 0.02
+REDIS_MIN_CONNECTIONS = 10
 SQS_QUEUE_NAME = re.compile(r"(?=.{1,80}\Z)[A-Za-z0-9_-]+(?:\.fifo)?")
 
 
@@ -51,7 +52,12 @@ def broker_config(worker: WorkerSettings) -> BrokerConfig:
             kind="redis",
             broker_url=worker.broker_url,
             result_backend=worker.result_backend or worker.broker_url,
-            transport_options={"visibility_timeout": worker.visibility_timeout},
+            transport_options={
+                "visibility_timeout": worker.visibility_timeout,
+                # kombu's default pool of 10 refuses a connection to the eleventh greenlet
+                # acking at once ("Couldn't ack ... MaxConnectionsError") under gevent.
+                "max_connections": max(REDIS_MIN_CONNECTIONS, worker.concurrency + 4),
+            },
         )
     return _embedded(worker)
 

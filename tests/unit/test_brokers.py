@@ -106,9 +106,15 @@ def test_redis_visibility_timeout(visibility: str, seconds: int, tmp_path: Path)
         kind="redis",
         broker_url=REDIS,
         result_backend=REDIS,
-        transport_options={"visibility_timeout": seconds},
+        transport_options={"visibility_timeout": seconds, "max_connections": 10},
     )
     assert list(tmp_path.iterdir()) == []  # no embedded folders for a real broker
+
+
+@pytest.mark.parametrize(("concurrency", "connections"), [(1, 10), (6, 10), (7, 11), (64, 68)])
+def test_redis_pool_fits_the_concurrency(concurrency: int, connections: int) -> None:
+    config = broker_config(WorkerSettings(broker_url=REDIS, concurrency=concurrency))
+    assert config.transport_options["max_connections"] == connections
 
 
 def test_redis_results_default_to_the_broker(tmp_path: Path) -> None:
@@ -129,7 +135,7 @@ def test_redis_from_loaded_settings() -> None:
     )
     config = broker_config(settings.worker)
     assert (config.kind, config.result_backend) == ("redis", REDIS)
-    assert config.transport_options == {"visibility_timeout": 600}
+    assert config.transport_options["visibility_timeout"] == 600
 
 
 # ------------------------------------------------------------------------------------------- sqs
