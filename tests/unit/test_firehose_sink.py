@@ -309,3 +309,20 @@ def test_a_new_process_starts_with_an_empty_buffer(
 
     assert fake.delivered() == [encode(record(1))]
     assert sink.counts.sent == 1
+
+
+def test_a_flush_sends_only_what_was_buffered_when_it_began(make_sink: Any) -> None:
+    # Under steady load a flush that also took the records put meanwhile would never end, and
+    # would send one small batch per call instead of one a second.
+    sink, fake = make_sink(FakeFirehose(delay=0.2))
+    for i in range(10):
+        sink.put(record(i))
+    flushing = threading.Thread(target=sink.flush)
+    flushing.start()
+    assert fake.in_call.wait(5)
+    for i in range(10, 15):
+        sink.put(record(i))
+    flushing.join(5)
+    assert [len(batch) for batch in fake.calls] == [10]
+    sink.flush()
+    assert [len(batch) for batch in fake.calls] == [10, 5]

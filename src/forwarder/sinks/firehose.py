@@ -188,7 +188,7 @@ class FirehoseSink(Sink):
     def _full(self) -> bool:
         return len(self._buffer) >= MAX_BATCH_RECORDS or self._buffered_bytes >= MAX_BATCH_BYTES
 
-    def _take_batch(self, full_only: bool) -> list[bytes]:
+    def _take_batch(self, full_only: bool, limit: int) -> list[bytes]:
         with self._lock:
             if full_only and not self._full():
                 return []
@@ -196,7 +196,7 @@ class FirehoseSink(Sink):
             size = 0
             while (
                 self._buffer
-                and len(batch) < MAX_BATCH_RECORDS
+                and len(batch) < min(limit, MAX_BATCH_RECORDS)
                 and size + len(self._buffer[0]) <= MAX_BATCH_BYTES
             ):
                 data = self._buffer.popleft()
@@ -207,7 +207,12 @@ class FirehoseSink(Sink):
 
     def _send_buffered(self, full_only: bool) -> None:
         with self._send_lock:
-            while batch := self._take_batch(full_only):
+            # Only what is buffered now: records put while a batch is in flight wait for a full
+            # batch or the next interval, or a busy worker would send a small batch per call.
+            with self._lock:
+                remaining = len(self._buffer)
+            while remaining and (batch := self._take_batch(full_only, remaining)):
+                remaining -= len(batch)
                 self._send(batch)
 
     def _send(self, batch: list[bytes]) -> None:
