@@ -188,7 +188,7 @@ class FirehoseSink(Sink):
     def _full(self) -> bool:
         return len(self._buffer) >= MAX_BATCH_RECORDS or self._buffered_bytes >= MAX_BATCH_BYTES
 
-    def _take_batch(self, full_only: bool, limit: int) -> list[bytes]:
+    def _take_batch(self, full_only: bool, limit: int = MAX_BATCH_RECORDS) -> list[bytes]:
         with self._lock:
             if full_only and not self._full():
                 return []
@@ -207,11 +207,15 @@ class FirehoseSink(Sink):
 
     def _send_buffered(self, full_only: bool) -> None:
         with self._send_lock:
+            if full_only:
+                while batch := self._take_batch(full_only=True):
+                    self._send(batch)
+                return
             # Only what is buffered now: records put while a batch is in flight wait for a full
             # batch or the next interval, or a busy worker would send a small batch per call.
             with self._lock:
                 remaining = len(self._buffer)
-            while remaining and (batch := self._take_batch(full_only, remaining)):
+            while remaining and (batch := self._take_batch(full_only=False, limit=remaining)):
                 remaining -= len(batch)
                 self._send(batch)
 
