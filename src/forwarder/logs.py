@@ -1,0 +1,136 @@
+"""Log lines: JSON (or text for humans), each carrying its task's id and queue, secrets masked.
+
+Every line logged while a task runs names that task, whichever logger wrote it: the task comes
+from Celery's current-task stack, which is per thread and so per greenlet under gevent. Secrets
+are masked in the final text of every line, whatever put them there: passwords in URLs,
+``Authorization`` values, password / token / secret fields, Standard Webhooks secrets and PEM
+private keys. Request and response bodies never reach INFO: Celery's line for a finished task
+shows the result's size and keys instead of the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["FORMATS", "configure", "mask_secrets", "summarize"]
+
+FORMATS = ("json", "text")
+MASK = "***"
+
+_SECRETS = [
+    # scheme://user:password@host
+    re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)", re.I),
+    # Authorization: Basic xxx / Bearer xxx, in headers or their reprs
+    re.compile(
+        r"(?P<keep>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer)\s+)[^\s'\",}]+", re.I
+    ),
+    # "password": "...", password=..., token / secret / signing_secret / key fields
+    re.compile(
+        r"(?P<keep>['\"]?\b(?:password|passwd|token|secret|signing_secret|api_key|auth_token)"
+        r"['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+",
+        re.I,
+    ),
+    re.compile(r"(?P<keep>)whsec_[A-Za-z0-9+/=]+"),
+    re.compile(
+        r"(?P<keep>)-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S
+    ),
+]
+
+
+def mask_secrets(text: str) -> str:
+    for pattern in _SECRETS:
+        text = pattern.sub(rf"\g<keep>{MASK}", text)
+    return text
+
+
+def summarize(value: Any) -> str:
+    """What INFO shows of a body: its type and size, and a mapping's keys."""
+    size = len(json.dumps(value, default=str))
+    if isinstance(value, Mapping):
+        return f"<object of {size} bytes, keys: {', '.join(sorted(map(str, value)))}>"
+    return f"<{type(value).__name__} of {size} bytes>"
+
+
+def _task_context() -> dict[str, str]:
+    from celery._state import get_current_task
+
+    task = get_current_task()
+    request = getattr(task, "request", None)
+    task_id = getattr(request, "id", None)
+    if not task_id:
+        return {}
+    context = {"task_id": str(task_id)}
+    queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+    if queue:
+        context["queue"] = str(queue)
+    return context
+
+
+class _Context(logging.Filter):
+    """Adds ``task_id`` / ``queue`` of the running task; hides Celery's result bodies."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _task_context().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        if record.name == "celery.app.trace" and isinstance(record.args, Mapping):
+            args = dict(record.args)
+            if "return_value" in args:
+                # The repr Celery made of the result; its size and keys are what INFO may show.
+                args["return_value"] = _summarize_repr(str(args["return_value"]))
+            record.args = args
+        return True
+
+
+def _summarize_repr(text: str) -> str:
+    keys = re.findall(r"'([A-Za-z_][\w-]*)':", text)
+    shown = f", keys: {', '.join(dict.fromkeys(keys))}" if keys else ""
+    return f"<result of {len(text)} characters{shown}>"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.processName,
+            # Masked before encoding: JSON's escaped quotes would hide a field from the patterns.
+            "message": mask_secrets(record.getMessage()),
+        }
+        for key in ("task_id", "queue"):
+            if hasattr(record, key):
+                line[key] = getattr(record, key)
+        if record.exc_info:
+            line["exception"] = mask_secrets(self.formatException(record.exc_info))
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        task_id = getattr(record, "task_id", None)
+        if task_id:
+            text = f"{text} [task_id={task_id} queue={getattr(record, 'queue', '-')}]"
+        return mask_secrets(text)
+
+
+def configure(level: str, fmt: str) -> None:
+    """One handler on the root logger, to stderr, in ``fmt`` (json or text)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_Context())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

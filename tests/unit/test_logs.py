@@ -1,0 +1,98 @@
+"""Log lines: secrets masked whatever their source, task context, Celery's result line summarized."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from forwarder import logs
+from forwarder.logs import JsonFormatter, TextFormatter, _Context, mask_secrets, summarize
+
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEsecret\n-----END PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("broker redis://user:s3cr3t@10.0.0.1:6379/0 down", "s3cr3t"),
+        ("headers {'Authorization': 'Basic dXNlcjpwYXNz'}", "dXNlcjpwYXNz"),
+        ("Authorization: Bearer tok-123", "tok-123"),
+        ('{"kind": "basic", "username": "u", "password": "hunter2"}', "hunter2"),
+        ("password=hunter2 next", "hunter2"),
+        ("signing_secret: whsec_c2VjcmV0", "c2VjcmV0"),
+        ("gateway token=abc123def", "abc123def"),
+        (f"key {PEM} done", "MIIEsecret"),
+    ],
+)
+def test_secrets_are_masked(text: str, secret: str) -> None:
+    masked = mask_secrets(text)
+    assert secret not in masked
+    assert "***" in masked
+
+
+def test_what_is_not_a_secret_is_left_alone() -> None:
+    text = "task 6f1c received: queue=inference url=http://127.0.0.1:5005/predict status=200"
+    assert mask_secrets(text) == text
+    assert mask_secrets("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_summarize_shows_sizes_and_keys_only() -> None:
+    shown = summarize({"prompt": "my secret prompt", "n": 1})
+    assert "my secret prompt" not in shown
+    assert "keys: n, prompt" in shown
+    assert summarize([1, 2, 3]) == "<list of 9 bytes>"
+
+
+def record(name: str, msg: str, args: object = None, **extra: object) -> logging.LogRecord:
+    made = logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)  # type: ignore[arg-type]
+    for key, value in extra.items():
+        setattr(made, key, value)
+    return made
+
+
+def test_json_lines_carry_the_task_and_mask_secrets() -> None:
+    line = JsonFormatter().format(
+        record("forwarder.worker", "retrying %s", ("redis://u:pw@h/0",), task_id="t-1", queue="q")
+    )
+    parsed = json.loads(line)
+    assert parsed["message"] == "retrying redis://u:***@h/0"
+    assert (parsed["task_id"], parsed["queue"], parsed["level"]) == ("t-1", "q", "INFO")
+    quoted = JsonFormatter().format(record("x", 'auth {"password": "hunter2"}'))
+    assert "hunter2" not in quoted
+
+
+def test_text_lines_carry_the_task() -> None:
+    text = TextFormatter().format(record("x", "hello", task_id="t-2", queue="q"))
+    assert text.endswith("hello [task_id=t-2 queue=q]")
+
+
+def test_celery_success_line_shows_no_result_body() -> None:
+    celery_line = record(
+        "celery.app.trace",
+        "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
+        {
+            "name": "ml_serve.celery_service.exec_func",
+            "id": "t-3",
+            "runtime": 0.01,
+            "return_value": "{'result': '{\"prompt\": \"my private words\"}', 'status_code': 200}",
+        },
+    )
+    _Context().filter(celery_line)
+    message = celery_line.getMessage()
+    assert "my private words" not in message
+    assert "keys: result, status_code" in message
+
+
+def test_configure_replaces_the_root_handlers() -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        logs.configure("WARNING", "json")
+        assert len(root.handlers) == 1
+        assert isinstance(root.handlers[0].formatter, JsonFormatter)
+        assert root.level == logging.WARNING
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
