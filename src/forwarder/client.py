@@ -1,4 +1,8 @@
-"""Submit tasks and read results over the broker, speaking model-engine's wire protocol."""
+"""Submit, read and cancel tasks over the broker, speaking model-engine's wire protocol.
+
+A task's limits (``ttl_seconds``, ``timeout_seconds``) travel in its kwargs, the args staying
+model-engine's ``[payload, arrival_timestamp]``; a task without limits is sent exactly as before.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,32 @@ from typing import Any
 from celery import Celery, states
 
 from forwarder.brokers import celery_app
-from forwarder.errors import TaskWaitTimeout
+from forwarder.errors import TaskCanceled, TaskWaitTimeout
 from forwarder.settings import Settings, load_settings
+from forwarder.task_control import (
+    CANCELED,
+    CANCELED_QUEUED,
+    FINAL_STATES,
+    STOPPED_STATES,
+    TaskLimits,
+    cancel_key,
+    store_stopped,
+)
 from forwarder.worker import LIRA_TASK_NAME
 
-__all__ = ["ForwarderClient", "TaskResult"]
+__all__ = ["FINAL_STATES", "ForwarderClient", "TaskResult"]
+
+# A task in these states is in no worker's hands: a cancel can store CANCELED at once.
+_NOT_RUNNING = frozenset({states.PENDING, states.RETRY})
 
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A task's state as stored: ``result`` on success, ``error`` and ``traceback`` on failure."""
+    """A task's state as stored: ``result`` on success, ``error`` for every other final state.
+
+    ``status`` is one of PENDING, STARTED, RETRY, SUCCESS, FAILURE, EXPIRED, TIMEOUT, CANCELED
+    (Celery's REVOKED reads as CANCELED).
+    """
 
     task_id: str
     status: str
@@ -30,7 +50,7 @@ class TaskResult:
 
     @property
     def ready(self) -> bool:
-        return self.status in states.READY_STATES
+        return self.status in FINAL_STATES
 
     @property
     def status_code(self) -> int | None:
@@ -50,7 +70,7 @@ class TaskResult:
 
 
 class ForwarderClient:
-    """``submit(payload) -> task_id``, ``get(task_id)``, ``wait(task_id, timeout)``."""
+    """``submit(payload) -> task_id``, ``get``, ``wait`` and ``cancel`` by task id."""
 
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         # Without settings, the same sources as the CLI: environment, then defaults.
@@ -58,21 +78,41 @@ class ForwarderClient:
         self.app = app or celery_app(self.settings, name="forwarder-client")
 
     def submit(
-        self, payload: dict[str, Any], *, task_name: str = LIRA_TASK_NAME, queue: str | None = None
+        self,
+        payload: dict[str, Any],
+        *,
+        task_name: str = LIRA_TASK_NAME,
+        queue: str | None = None,
+        ttl_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        task_id: str | None = None,
     ) -> str:
+        """Send a task; returns its id (``task_id`` when given).
+
+        ``ttl_seconds``: not forwarded (EXPIRED) once it has waited that long since now.
+        ``timeout_seconds``: its model call is abandoned (TIMEOUT) after that long.
+        A limit that is not a positive number raises ``PayloadError`` here, before sending.
+        """
+        limits = TaskLimits.parse(
+            ttl_seconds, timeout_seconds, time.time() if ttl_seconds is not None else None
+        )
         # model-engine's gateway sends a naive local timestamp; so do we, so either side reads it.
         result = self.app.send_task(
             task_name,
             args=[payload, datetime.now()],
+            kwargs=limits.as_kwargs(),
             queue=queue or self.settings.worker.queue,
+            task_id=task_id,
         )
         return str(result.id)
 
     def get(self, task_id: str) -> TaskResult:
         meta = self._stored_meta(task_id)
-        status = str(meta.get("status", states.PENDING))
+        stored_status = str(meta.get("status", states.PENDING))
+        # Celery's own revoke (by any other client) is a cancel too.
+        status = CANCELED if stored_status == states.REVOKED else stored_status
         stored = meta.get("result")
-        if status in states.EXCEPTION_STATES and isinstance(stored, dict):
+        if status in states.EXCEPTION_STATES | STOPPED_STATES and isinstance(stored, dict):
             return TaskResult(
                 task_id=task_id,
                 status=status,
@@ -82,6 +122,31 @@ class ForwarderClient:
         if status == states.SUCCESS:
             return TaskResult(task_id=task_id, status=status, result=stored)
         return TaskResult(task_id=task_id, status=status)
+
+    def cancel(self, task_id: str) -> TaskResult:
+        """Cancel a task; returns its state after the request. Idempotent.
+
+        A task already final is left as it is. Otherwise a marker tells the workers: a task not
+        yet running is stored CANCELED at once and is never forwarded; a running one has its
+        model call abandoned by its worker within about a second, and ends CANCELED (returned
+        STARTED until then).
+        """
+        current = self.get(task_id)
+        if current.ready:
+            return current
+        backend = self.app.backend
+        backend.set(
+            cancel_key(backend, task_id),
+            json.dumps({"task_id": task_id, "canceled_at": time.time()}),
+        )
+        # Read after the marker is down: a worker starting the task from now on sees the marker;
+        # one that started before shows STARTED (here, or just after a CANCELED stored below
+        # as it started), and its watcher ends the call.
+        current = self.get(task_id)
+        if current.status in _NOT_RUNNING:
+            store_stopped(backend, task_id, TaskCanceled(CANCELED_QUEUED))
+            current = self.get(task_id)
+        return current
 
     def _stored_meta(self, task_id: str) -> dict[str, Any]:
         # Read the stored JSON as is: Celery's own reader rebuilds exception objects from it.

@@ -7,6 +7,10 @@
      │    ├── ModelServerUnavailable   could not connect, after every retry
      │    ├── ModelServerTimeout       connected, but no reply within the timeout
      │    └── ModelResponseError       replied, but the body is not JSON
+     ├── TaskStopped                 the task ended without a model reply, by its limits or a client
+     │    ├── TaskExpired              waited in the queue past its ttl_seconds (never forwarded)
+     │    ├── TaskDeadlineExceeded     the model call outlived its timeout_seconds (abandoned)
+     │    └── TaskCanceled             canceled by a client (never forwarded, or abandoned)
      ├── HookError                   a hook failed (logged and counted; the task is unaffected)
      │    └── CallbackError            the callback was not delivered
      └── ClientError                 raised by the client (submit / get / wait)
@@ -29,6 +33,10 @@ __all__ = [
     "ModelServerTimeout",
     "ModelServerUnavailable",
     "PayloadError",
+    "TaskCanceled",
+    "TaskDeadlineExceeded",
+    "TaskExpired",
+    "TaskStopped",
     "TaskWaitTimeout",
 ]
 
@@ -77,6 +85,30 @@ class ModelServerTimeout(ModelServerError):
 
 class ModelResponseError(ModelServerError):
     """The model server replied with a body that is not JSON."""
+
+
+class TaskStopped(ForwarderError):
+    """The task was ended without a model reply; ``state`` is the final state it stores."""
+
+    state = ""
+
+
+class TaskExpired(TaskStopped):
+    """The task waited in the queue longer than its ``ttl_seconds``; it was never forwarded."""
+
+    state = "EXPIRED"
+
+
+class TaskDeadlineExceeded(TaskStopped):
+    """The model call outlived the task's ``timeout_seconds``; the call was abandoned."""
+
+    state = "TIMEOUT"
+
+
+class TaskCanceled(TaskStopped):
+    """A client canceled the task: before it was forwarded, or during its model call."""
+
+    state = "CANCELED"
 
 
 class HookError(ForwarderError):

@@ -5,10 +5,14 @@ A task POSTs its payload to the model server and returns the shaped reply. A con
 ``model_retries`` times; any other error fails that task alone, with model-engine's ``custom``
 error payload stored next to Celery's ``exc_type`` / ``exc_message``.
 
-Once a task has reached SUCCESS or FAILURE and its result is stored, the post-inference hooks
-run in the same slot (``after_return``); a retry is not final, so it runs none. Each process
-closes its hooks (flushing what its sinks buffer) when it stops: a prefork child when it exits or
-is recycled, a gevent worker at warm shutdown.
+A client may limit a task's time in the queue and its model call, and cancel it: the task then
+ends EXPIRED, TIMEOUT or CANCELED without a model reply (see ``forwarder.task_control``).
+
+Once a task has reached its final state and its result is stored, the post-inference hooks run in
+the same slot: from ``after_return`` for SUCCESS and FAILURE, and from the task itself for the
+states it ends with ``Ignore`` (for which Celery calls no ``after_return``); a retry is not final,
+so it runs none. Each process closes its hooks (flushing what its sinks buffer) when it stops: a
+prefork child when it exits or is recycled, a gevent worker at warm shutdown.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from forwarder.brokers import broker_config, celery_app
-from forwarder.errors import ForwarderError, ModelServerUnavailable
+from forwarder.errors import ForwarderError, ModelServerUnavailable, TaskStopped
 from forwarder.forwarding import Forwarder
 from forwarder.hooks import HookRunner, TaskOutcome, build_hooks
 from forwarder.pool_switch import check_gevent_patched
 from forwarder.settings import Settings, mask_url
+from forwarder.task_control import TaskControl, TaskLimits
 
 __all__ = ["LEGACY_TASK_NAME", "LIRA_TASK_NAME", "TASK_NAMES", "create_worker_app", "run_worker"]
 
@@ -65,7 +70,11 @@ class HookedTask(Task):  # type: ignore[misc]  # Celery is untyped
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        if not self.hooks or status not in ("SUCCESS", "FAILURE"):
+        if status in ("SUCCESS", "FAILURE"):
+            self.run_hooks(status, retval, task_id, args)
+
+    def run_hooks(self, status: str, retval: Any, task_id: str, args: Any) -> None:
+        if not self.hooks:
             return
         succeeded = status == "SUCCESS"
         self.hooks.run(
@@ -76,8 +85,13 @@ class HookedTask(Task):  # type: ignore[misc]  # Celery is untyped
                 succeeded=succeeded,
                 result=retval if succeeded else None,
                 error=None if succeeded else f"{type(retval).__name__}: {retval}",
+                status=status,
             )
         )
+
+
+def _hooks_of_stopped(task: HookedTask, error: TaskStopped) -> None:
+    task.run_hooks(error.state, error, task.request.id, task.request.args)
 
 
 def create_worker_app(
@@ -87,6 +101,7 @@ def create_worker_app(
     app = celery_app(settings)
     retries = settings.worker.model_retries
     backoff_cap = settings.worker.retry_backoff_max_seconds
+    control = TaskControl(settings.worker.pool, lambda: app.backend, _hooks_of_stopped)
 
     def forward(
         task: Task, payload: Any, arrival_timestamp: Any = None, *extra_args: Any, **extra: Any
@@ -97,10 +112,13 @@ def create_worker_app(
                 task.request.id,
                 len(extra_args),
             )
+        limits = TaskLimits.pop_from(extra)
         if extra:
             log.warning("task %s: ignoring keyword argument(s) %s", task.request.id, sorted(extra))
+        control.admit(task, limits)
         try:
-            return forwarder(payload)
+            with control.interruptible(task, limits):
+                return forwarder(payload)
         except ModelServerUnavailable as exc:
             attempt = task.request.retries
             if attempt >= retries:
@@ -125,7 +143,8 @@ def create_worker_app(
             hooks=hooks,
             queue_name=settings.worker.queue,
             bind=True,
-            track_started=True,
+            # STARTED is stored by the task after its cancel check, never over a CANCELED.
+            track_started=False,
             acks_late=True,
             reject_on_worker_lost=True,
             max_retries=None,

@@ -26,6 +26,10 @@ from forwarder.errors import (
     ModelServerTimeout,
     ModelServerUnavailable,
     PayloadError,
+    TaskCanceled,
+    TaskDeadlineExceeded,
+    TaskExpired,
+    TaskStopped,
     TaskWaitTimeout,
 )
 
@@ -66,6 +70,10 @@ def test_every_error_class_is_listed() -> None:
         "ModelServerTimeout",
         "ModelServerUnavailable",
         "PayloadError",
+        "TaskCanceled",
+        "TaskDeadlineExceeded",
+        "TaskExpired",
+        "TaskStopped",
         "TaskWaitTimeout",
     }
 
@@ -78,12 +86,20 @@ def test_every_error_derives_from_forwarder_error(cls: type[Exception]) -> None:
 
 def test_hierarchy() -> None:
     assert ForwarderError.__bases__ == (Exception,)
-    for cls in (ConfigError, PayloadError, ModelServerError, HookError, ClientError):
+    for cls in (ConfigError, PayloadError, ModelServerError, TaskStopped, HookError, ClientError):
         assert cls.__bases__ == (ForwarderError,)
     assert CallbackError.__bases__ == (HookError,)
     for cls in (ModelServerUnavailable, ModelServerTimeout, ModelResponseError):
         assert cls.__bases__ == (ModelServerError,)
     assert TaskWaitTimeout.__bases__ == (ClientError,)
+    for cls in (TaskExpired, TaskDeadlineExceeded, TaskCanceled):
+        assert cls.__bases__ == (TaskStopped,)
+    # The final state each one is stored as.
+    assert (TaskExpired.state, TaskDeadlineExceeded.state, TaskCanceled.state) == (
+        "EXPIRED",
+        "TIMEOUT",
+        "CANCELED",
+    )
 
 
 def test_docstring_tree_matches_the_classes() -> None:

@@ -125,7 +125,11 @@ def test_task_result_status_code_absent(stored: object) -> None:
         ("RECEIVED", False),
         ("SUCCESS", True),
         ("FAILURE", True),
-        ("REVOKED", True),
+        ("EXPIRED", True),
+        ("TIMEOUT", True),
+        ("CANCELED", True),
+        # The client never reports it: it reads as CANCELED.
+        ("REVOKED", False),
     ],
 )
 def test_task_result_ready(status: str, ready: bool) -> None:
@@ -202,7 +206,14 @@ def test_error_message_fallback_forms(stored: dict[str, Any], expected: str) -> 
 
 
 def test_client_module_exports() -> None:
-    assert client_module.__all__ == ["ForwarderClient", "TaskResult"]
+    assert client_module.__all__ == ["FINAL_STATES", "ForwarderClient", "TaskResult"]
+    assert sorted(client_module.FINAL_STATES) == [
+        "CANCELED",
+        "EXPIRED",
+        "FAILURE",
+        "SUCCESS",
+        "TIMEOUT",
+    ]
 
 
 # ---------------------------------------------------------------------------------- retry backoff

@@ -96,6 +96,10 @@ class S3Backend(ErrorPayloadMixin, KeyValueStoreBackend):  # type: ignore[misc]
         body: bytes = reply["Body"].read()
         return body
 
+    def mget(self, keys: list[str | bytes]) -> list[bytes | None]:
+        # S3 has no multi-get: one GET per key (the cancel watcher reads one per running task).
+        return [self.get(key) for key in keys]
+
     def set(self, key: str | bytes, value: str | bytes) -> None:
         options = {"ChecksumAlgorithm": "SHA256"} if self.location.checksum == "sha256" else {}
         self.client.put_object(

@@ -20,14 +20,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TaskOutcome:
-    """A finished task: its request, and either its stored result or its error."""
+    """A finished task: its request, its final state, and either its stored result or its error."""
 
     task_id: str
     queue: str | None
     request: Any  # the payload as it came in the message (usually a JSON object)
     succeeded: bool
     result: Any = None  # the stored result on success
-    error: str | None = None  # "ExcType: message" on failure
+    error: str | None = None  # "ExcType: message" otherwise
+    # SUCCESS, FAILURE, EXPIRED, TIMEOUT or CANCELED; left out, SUCCESS or FAILURE by `succeeded`.
+    status: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            object.__setattr__(self, "status", "SUCCESS" if self.succeeded else "FAILURE")
 
     @property
     def request_fields(self) -> Mapping[str, Any]:
@@ -37,8 +43,8 @@ class TaskOutcome:
     def response_body(self) -> dict[str, Any]:
         """What the callback and the log record carry: model-engine's result plus ``task_id``.
 
-        On success ``{"result": ..., "status_code": ..., "task_id": ...}``; on failure
-        ``{"task_id": ..., "status": "FAILURE", "error": ...}``.
+        On success ``{"result": ..., "status_code": ..., "task_id": ...}``; otherwise
+        ``{"task_id": ..., "status": <final state>, "error": ...}``.
         """
         if self.succeeded:
             body = (
@@ -46,7 +52,7 @@ class TaskOutcome:
             )
             body["task_id"] = self.task_id
             return body
-        return {"task_id": self.task_id, "status": "FAILURE", "error": self.error}
+        return {"task_id": self.task_id, "status": self.status, "error": self.error}
 
 
 class Hook:
