@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from forwarder.errors import ConfigError
 from forwarder.hook_settings import LoggingSettings
+from forwarder.metrics import recorder
 
 __all__ = [
     "DEFAULT_LEEWAY",
@@ -52,9 +53,11 @@ class RefreshingClient(Generic[T]):
         build: Callable[[], tuple[T, datetime | None]],
         *,
         leeway: timedelta = DEFAULT_LEEWAY,
+        name: str = "aws",
     ) -> None:
         self._build = build
         self.leeway = leeway
+        self.name = name
         self.builds = 0
         self.failed_builds = 0
         self._state: tuple[T, datetime | None] | None = None
@@ -93,6 +96,7 @@ class RefreshingClient(Generic[T]):
                 fresh = self._build()
             except Exception:
                 self.failed_builds += 1
+                recorder().aws_client_built(self.name, ok=False)
                 if state is None:
                     raise
                 log.warning(
@@ -103,6 +107,7 @@ class RefreshingClient(Generic[T]):
                 return state[0]
             self._state = fresh
             self.builds += 1
+            recorder().aws_client_built(self.name, ok=True)
             return fresh[0]
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -27,9 +29,11 @@ from forwarder.brokers import broker_config, celery_app
 from forwarder.errors import ForwarderError, ModelServerUnavailable, TaskStopped
 from forwarder.forwarding import Forwarder
 from forwarder.hooks import HookRunner, TaskOutcome, build_hooks
+from forwarder.metrics import recorder
 from forwarder.pool_switch import check_gevent_patched
 from forwarder.settings import Settings, mask_url
 from forwarder.task_control import TaskControl, TaskLimits
+from forwarder.tracing import model_call_span, pop_trace_context
 
 __all__ = ["LEGACY_TASK_NAME", "LIRA_TASK_NAME", "TASK_NAMES", "create_worker_app", "run_worker"]
 
@@ -71,9 +75,12 @@ class HookedTask(Task):  # type: ignore[misc]  # Celery is untyped
         einfo: Any,
     ) -> None:
         if status in ("SUCCESS", "FAILURE"):
-            self.run_hooks(status, retval, task_id, args)
+            self.run_hooks(status, retval, task_id, args, kwargs)
 
-    def run_hooks(self, status: str, retval: Any, task_id: str, args: Any) -> None:
+    def run_hooks(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: dict[str, Any]
+    ) -> None:
+        recorder().task_finished(self.queue_name or "", status.lower())
         if not self.hooks:
             return
         succeeded = status == "SUCCESS"
@@ -86,12 +93,25 @@ class HookedTask(Task):  # type: ignore[misc]  # Celery is untyped
                 result=retval if succeeded else None,
                 error=None if succeeded else f"{type(retval).__name__}: {retval}",
                 status=status,
+                trace_headers=pop_trace_context(dict(kwargs or {}), self.request),
             )
         )
 
 
 def _hooks_of_stopped(task: HookedTask, error: TaskStopped) -> None:
-    task.run_hooks(error.state, error, task.request.id, task.request.args)
+    task.run_hooks(error.state, error, task.request.id, task.request.args, task.request.kwargs)
+
+
+def queue_wait_seconds(arrival_timestamp: Any) -> float | None:
+    """Seconds since model-engine's ``arrival_timestamp`` (a naive local time), if it parses."""
+    if not isinstance(arrival_timestamp, str):
+        return None
+    try:
+        arrival = datetime.fromisoformat(arrival_timestamp)
+    except ValueError:
+        return None
+    now = datetime.now(arrival.tzinfo) if arrival.tzinfo else datetime.now()
+    return (now - arrival).total_seconds()
 
 
 def create_worker_app(
@@ -102,6 +122,8 @@ def create_worker_app(
     retries = settings.worker.model_retries
     backoff_cap = settings.worker.retry_backoff_max_seconds
     control = TaskControl(settings.worker.pool, lambda: app.backend, _hooks_of_stopped)
+    queue = settings.worker.queue
+    visibility = settings.worker.visibility_timeout
 
     def forward(
         task: Task, payload: Any, arrival_timestamp: Any = None, *extra_args: Any, **extra: Any
@@ -112,13 +134,22 @@ def create_worker_app(
                 task.request.id,
                 len(extra_args),
             )
+        metrics = recorder()
+        wait = queue_wait_seconds(arrival_timestamp)
+        metrics.task_received(queue, wait, wait is not None and wait > visibility)
+        trace_headers = pop_trace_context(extra, task.request)
         limits = TaskLimits.pop_from(extra)
         if extra:
             log.warning("task %s: ignoring keyword argument(s) %s", task.request.id, sorted(extra))
         control.admit(task, limits)
+        metrics.in_flight(queue, 1)
+        started = time.perf_counter()
         try:
-            with control.interruptible(task, limits):
-                return forwarder(payload)
+            with (
+                control.interruptible(task, limits),
+                model_call_span(task.request.id, trace_headers) as headers,
+            ):
+                return forwarder(payload, headers)
         except ModelServerUnavailable as exc:
             attempt = task.request.retries
             if attempt >= retries:
@@ -133,7 +164,11 @@ def create_worker_app(
                 retries,
                 delay,
             )
+            metrics.task_finished(queue, "retry")
             raise task.retry(exc=exc, countdown=delay) from None
+        finally:
+            metrics.model_call(queue, time.perf_counter() - started)
+            metrics.in_flight(queue, -1)
 
     for name in TASK_NAMES:
         app.task(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from forwarder.metrics import recorder
 
 __all__ = ["Hook", "HookCounts", "HookRunner", "TaskOutcome"]
 
@@ -30,6 +32,8 @@ class TaskOutcome:
     error: str | None = None  # "ExcType: message" otherwise
     # SUCCESS, FAILURE, EXPIRED, TIMEOUT or CANCELED; left out, SUCCESS or FAILURE by `succeeded`.
     status: str = ""
+    # W3C traceparent / tracestate of the task, passed on to whoever the hook calls.
+    trace_headers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.status:
@@ -90,6 +94,7 @@ class HookRunner:
             counts = self.counts[hook.name]
             counts.attempts += 1
             started = time.perf_counter()
+            ok = False
             try:
                 hook(outcome)
             except Exception as exc:
@@ -105,8 +110,11 @@ class HookRunner:
                 )
             else:
                 counts.successes += 1
+                ok = True
             finally:
-                counts.seconds += time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                counts.seconds += seconds
+                recorder().hook_finished(hook.name, ok, seconds)
 
     def close(self) -> None:
         for hook in self.hooks:

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -291,7 +291,9 @@ class CallbackHook(Hook):
             state.certs.files(auth) if isinstance(auth, MtlsAuth) else contextlib.nullcontext()
         )
         with cert_files as cert:
-            self._deliver(state.session, outcome.task_id, url, body, auth, cert)
+            self._deliver(
+                state.session, outcome.task_id, url, body, auth, cert, outcome.trace_headers
+            )
 
     def _deliver(
         self,
@@ -301,6 +303,7 @@ class CallbackHook(Hook):
         body: bytes,
         auth: CallbackAuth | None,
         cert: tuple[str, str] | None,
+        trace_headers: Mapping[str, str],
     ) -> None:
         basic = (
             HTTPBasicAuth(auth.username.encode(), auth.password.encode())
@@ -316,7 +319,7 @@ class CallbackHook(Hook):
                 reply = session.post(
                     url,
                     data=body,
-                    headers=self._headers(task_id, body),
+                    headers=self._headers(task_id, body, trace_headers),
                     auth=basic,
                     cert=cert,
                     timeout=self._timeout,
@@ -366,8 +369,10 @@ class CallbackHook(Hook):
             f"last: {last}"
         )
 
-    def _headers(self, task_id: str, body: bytes) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+    def _headers(
+        self, task_id: str, body: bytes, trace_headers: Mapping[str, str]
+    ) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **trace_headers}
         if self._signing_key is not None:
             message_id = f"msg_{task_id}"
             timestamp = int(time.time())

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from forwarder.metrics import recorder
 from forwarder.sinks.base import Sink
 
 __all__ = ["FileSink"]
@@ -41,6 +42,7 @@ class FileSink(Sink):
         with self._lock:
             os.write(self._descriptor(), line)
         self.counts.sent += 1
+        recorder().sink_records(self.name, "sent", 1)
 
     def close(self) -> None:
         with self._lock:

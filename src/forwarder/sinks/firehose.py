@@ -26,6 +26,7 @@ from typing import Any
 from forwarder.aws import RefreshingClient, assume_role_firehose_client, aws_region
 from forwarder.errors import ConfigError
 from forwarder.hook_settings import LoggingSettings
+from forwarder.metrics import recorder
 from forwarder.sinks.base import Sink, SinkCounts
 
 __all__ = [
@@ -78,7 +79,7 @@ class FirehoseSink(Sink):
             aws_region(settings)  # a missing boto3 or region stops start-up, not the first flush
             build = functools.partial(assume_role_firehose_client, settings, max_pool_connections)
         self.client = RefreshingClient(
-            build, leeway=timedelta(seconds=settings.refresh_leeway_seconds)
+            build, leeway=timedelta(seconds=settings.refresh_leeway_seconds), name="firehose"
         )
         self._start_process()
 
@@ -108,6 +109,10 @@ class FirehoseSink(Sink):
             self.counts.retried += retried
             self.counts.dropped += dropped
             self.put_calls += calls
+        metrics = recorder()
+        metrics.sink_records(self.name, "sent", sent)
+        metrics.sink_records(self.name, "retried", retried)
+        metrics.sink_records(self.name, "dropped", dropped)
 
     def put(self, record: Mapping[str, Any]) -> None:
         """Buffer ``record``; the caller sends only when the backlog is at its bound."""
