@@ -9,7 +9,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
 fi
-scripts/bootstrap.sh aws,dev
+scripts/bootstrap.sh aws,gateway,dev
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy

@@ -1,4 +1,4 @@
-"""``forwarder worker | submit | get | demo | echo-server | check-config``.
+"""``forwarder worker | gateway | submit | get | cancel | demo | echo-server | check-config``.
 
 This module imports only the standard library, PyYAML and the settings: the worker command must be
 able to patch for gevent before celery or requests are imported.
@@ -12,17 +12,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from forwarder._parse import Invalid, http_url, positive_number
 from forwarder.errors import ConfigError, ForwarderError
+from forwarder.gateway_settings import masked_gateway_document
 from forwarder.hook_settings import masked_document
 from forwarder.pool_switch import patch_gevent
 from forwarder.settings import Settings, load_settings, mask_url
+
+if TYPE_CHECKING:
+    from forwarder.client import ForwarderClient, TaskResult
+    from forwarder.gateway_client import GatewayClient
 
 __all__ = ["main"]
 
@@ -37,7 +44,11 @@ _SETTINGS_FLAGS = (
     "--data-dir",
     "--task-visibility",
     "--log-level",
+    "--host",
+    "--port",
 )
+GATEWAY_URL_ENV = "FORWARDER_GATEWAY_URL"
+GATEWAY_TOKEN_ENV = "FORWARDER_GATEWAY_TOKEN"
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, *, worker: bool) -> None:
@@ -61,6 +72,15 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, worker: bool) -> Non
             "--task-visibility",
             help="VISIBILITY_1M, VISIBILITY_10M, VISIBILITY_1H or VISIBILITY_24H",
         )
+
+
+def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gateway-url",
+        metavar="URL",
+        help=f"talk to this gateway instead of the broker (env {GATEWAY_URL_ENV})",
+    )
+    parser.add_argument("--token", help=f"the gateway's bearer token (env {GATEWAY_TOKEN_ENV})")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -101,6 +121,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         },
         "firehose_max_pool_connections": settings.firehose_max_pool_connections,
         **masked_document(settings.hooks),
+        **masked_gateway_document(settings.gateway),
     }
     sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
     sys.stdout.write(
@@ -122,28 +143,143 @@ def _read_payload(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-def _cmd_submit(args: argparse.Namespace) -> int:
-    from forwarder.client import ForwarderClient
-    from forwarder.worker import LEGACY_TASK_NAME, LIRA_TASK_NAME
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings.worker.log_level)
+    from forwarder.gateway import run_gateway
 
-    payload = _read_payload(args)
-    task_name = LEGACY_TASK_NAME if args.legacy_task_name else LIRA_TASK_NAME
-    with ForwarderClient(_settings(args)) as client:
-        task_id = client.submit(payload, task_name=task_name)
-        if args.wait is None:
-            print(task_id)
-            return 0
-        result = client.wait(task_id, timeout=args.wait)
+    return run_gateway(settings)
+
+
+def _seconds(flag: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return positive_number(value)
+    except Invalid as exc:
+        raise ConfigError(flag, value, str(exc)) from None
+
+
+def _gateway_target(args: argparse.Namespace) -> tuple[str, str | None] | None:
+    """The gateway URL and token; None: talk to the broker.
+
+    ``--gateway-url`` with broker settings is an error; ``FORWARDER_GATEWAY_URL`` gives way to
+    them, as the environment gives way to flags everywhere else.
+    """
+    given = [flag for flag in _SETTINGS_FLAGS if getattr(args, flag[2:].replace("-", "_"), None)]
+    given += ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
+    if args.gateway_url is not None:
+        url, key = args.gateway_url, "--gateway-url"
+        if given:
+            raise ConfigError(
+                given[0], "given with --gateway-url", "a gateway URL or broker settings, not both"
+            )
+    elif os.environ.get(GATEWAY_URL_ENV, "").strip() and not given:
+        url, key = os.environ[GATEWAY_URL_ENV].strip(), GATEWAY_URL_ENV
+    else:
+        return None
+    try:
+        url = http_url(url)
+    except Invalid:
+        raise ConfigError(key, url, "an http(s) URL, for example http://127.0.0.1:8000") from None
+    token = args.token or os.environ.get(GATEWAY_TOKEN_ENV, "").strip() or None
+    return url, token
+
+
+def _print_result(result: TaskResult) -> None:
     print(json.dumps(result.as_dict(), indent=2))
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    payload = _read_payload(args)
+    ttl = _seconds("--ttl", args.ttl)
+    timeout = _seconds("--timeout", args.timeout)
+    target = _gateway_target(args)
+    if target is not None:
+        if args.legacy_task_name:
+            raise ConfigError("--legacy-task-name", True, "broker mode only (no --gateway-url)")
+        from forwarder.gateway_client import GatewayClient
+
+        with GatewayClient(*target) as gateway:
+            task_id = gateway.submit(
+                payload,
+                ttl_seconds=ttl,
+                timeout_seconds=timeout,
+                idempotency_key=args.idempotency_key,
+            )
+            result = None if args.wait is None else gateway.wait(task_id, timeout=args.wait)
+    else:
+        result, task_id = _submit_to_broker(args, payload, ttl, timeout)
+    if result is None:
+        print(task_id)
+        return 0
+    _print_result(result)
     return 0 if result.status == "SUCCESS" else 1
 
 
-def _cmd_get(args: argparse.Namespace) -> int:
+def _submit_to_broker(
+    args: argparse.Namespace, payload: dict[str, Any], ttl: float | None, timeout: float | None
+) -> tuple[TaskResult | None, str]:
+    from forwarder.client import ForwarderClient
+    from forwarder.worker import LEGACY_TASK_NAME, LIRA_TASK_NAME
+
+    settings = _settings(args)
+    task_name = LEGACY_TASK_NAME if args.legacy_task_name else LIRA_TASK_NAME
+    with ForwarderClient(settings) as client:
+
+        def send(task_id: str | None) -> str:
+            return client.submit(
+                payload,
+                task_name=task_name,
+                ttl_seconds=ttl,
+                timeout_seconds=timeout,
+                task_id=task_id,
+            )
+
+        if args.idempotency_key is None:
+            task_id = send(None)
+        else:
+            from forwarder.idempotency import fingerprint, open_store, scoped_key, submit_once
+
+            request = {**payload, "ttl_seconds": ttl, "timeout_seconds": timeout}
+            store = open_store(settings)
+            try:
+                task_id, _ = submit_once(
+                    store,
+                    scoped_key(args.idempotency_key),
+                    fingerprint(request),
+                    settings.gateway.idempotency_retention_seconds,
+                    send,
+                )
+            finally:
+                store.close()
+        result = None if args.wait is None else client.wait(task_id, timeout=args.wait)
+    return result, task_id
+
+
+def _reader(args: argparse.Namespace) -> GatewayClient | ForwarderClient:
+    """A client of the gateway (``--gateway-url`` or its variable), else of the broker."""
+    target = _gateway_target(args)
+    if target is not None:
+        from forwarder.gateway_client import GatewayClient
+
+        return GatewayClient(*target)
     from forwarder.client import ForwarderClient
 
-    with ForwarderClient(_settings(args)) as client:
+    return ForwarderClient(_settings(args))
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    with _reader(args) as client:
         result = client.wait(args.task_id, args.wait) if args.wait else client.get(args.task_id)
-    print(json.dumps(result.as_dict(), indent=2))
+    _print_result(result)
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with _reader(args) as client:
+        result = client.cancel(args.task_id)
+    _print_result(result)
     return 0
 
 
@@ -188,10 +324,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(check, worker=True)
     check.set_defaults(run=_cmd_check_config)
 
+    gateway = commands.add_parser("gateway", help="serve the HTTP API (FastAPI + uvicorn)")
+    _add_settings_flags(gateway, worker=False)
+    gateway.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    gateway.add_argument("--port", help="port to listen on (default 8000; 0 picks a free one)")
+    gateway.set_defaults(run=_cmd_gateway)
+
     submit = commands.add_parser("submit", help="submit a task; prints its id")
     _add_settings_flags(submit, worker=False)
+    _add_gateway_flags(submit)
     submit.add_argument("payload", help="JSON object, or - to read it from standard input")
     submit.add_argument("--wait", type=float, metavar="SECONDS", help="wait and print the result")
+    submit.add_argument(
+        "--ttl", metavar="SECONDS", help="longest wait in the queue; then it ends EXPIRED"
+    )
+    submit.add_argument(
+        "--timeout", metavar="SECONDS", help="longest model call; then it ends TIMEOUT"
+    )
+    submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the same key within the retention window returns the same task id",
+    )
     submit.add_argument(
         "--legacy-task-name", action="store_true", help="send under the pre-LIRA task name"
     )
@@ -199,9 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser("get", help="print a task's state and result")
     _add_settings_flags(get, worker=False)
+    _add_gateway_flags(get)
     get.add_argument("task_id")
     get.add_argument("--wait", type=float, metavar="SECONDS", help="wait until it is done")
     get.set_defaults(run=_cmd_get)
+
+    cancel = commands.add_parser("cancel", help="cancel a task; prints its state")
+    _add_settings_flags(cancel, worker=False)
+    _add_gateway_flags(cancel)
+    cancel.add_argument("task_id")
+    cancel.set_defaults(run=_cmd_cancel)
 
     echo = commands.add_parser("echo-server", help="a model server that echoes its input")
     echo.add_argument("--host", default="127.0.0.1")
@@ -229,6 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"forwarder: {exc}\n")
         return 2
+    except ModuleNotFoundError as exc:
+        if exc.name in ("fastapi", "uvicorn", "starlette", "pydantic", "anyio"):
+            sys.stderr.write(f"forwarder: {exc}\n")  # the gateway's install hint
+            return 2
+        raise
     except ForwarderError as exc:
         sys.stderr.write(f"forwarder: {exc}\n")
         return 1

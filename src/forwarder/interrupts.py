@@ -51,8 +51,13 @@ class Interrupt(BaseException):
     """Raised inside an armed model call; ``reason`` is the error the task ends with."""
 
     def __init__(self, reason: type[TaskStopped]) -> None:
-        super().__init__(reason.__name__)
+        # The class itself as the argument: pickle rebuilds the exception as Interrupt(reason),
+        # as a prefork child's exception is rebuilt in the worker process.
+        super().__init__(reason)
         self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason.__name__
 
 
 @dataclass(eq=False)

@@ -35,6 +35,12 @@ from forwarder._parse import (
     route,
 )
 from forwarder.errors import ConfigError
+from forwarder.gateway_settings import (
+    GATEWAY_FLAGS,
+    GATEWAY_SECTION,
+    GatewaySettings,
+    parse_gateway_settings,
+)
 from forwarder.hook_settings import HOOK_SECTIONS, HookSettings, parse_hook_settings
 
 __all__ = ["ModelServerSettings", "Settings", "WorkerSettings", "load_settings", "mask_url"]
@@ -112,6 +118,7 @@ class Settings:
     model: ModelServerSettings = field(default_factory=ModelServerSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     hooks: HookSettings = field(default_factory=HookSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
     firehose_max_pool_connections: int = 10
 
 
@@ -184,7 +191,13 @@ _MODEL_ENGINE_KEYS = {f.name for f in fields(ModelServerSettings)} | {
     "batch_route",
     "extra_routes",
 }
-_TOP_LEVEL_KEYS = ("forwarder", "worker", "firehose_max_pool_connections", *HOOK_SECTIONS)
+_TOP_LEVEL_KEYS = (
+    "forwarder",
+    "worker",
+    "firehose_max_pool_connections",
+    *HOOK_SECTIONS,
+    GATEWAY_SECTION,
+)
 _FORWARDER_KEYS = ("sync", "async", "stream", "max_concurrency")
 
 
@@ -207,7 +220,7 @@ def load_settings(
         key, raw = _pick(spec, file_values, env, flags)
         if key is not None:
             values[spec.section][spec.name] = _parse(spec, key, raw)
-    unknown_flags = set(flags) - {s.flag for s in _FIELDS if s.flag}
+    unknown_flags = set(flags) - {s.flag for s in _FIELDS if s.flag} - set(GATEWAY_FLAGS)
     if unknown_flags:
         unknown = sorted(unknown_flags)[0]
         raise ConfigError(unknown, flags[unknown], "not a settings flag")
@@ -215,6 +228,7 @@ def load_settings(
         model=ModelServerSettings(**values["model"]),
         worker=WorkerSettings(**values["worker"]),
         hooks=parse_hook_settings(document),
+        gateway=parse_gateway_settings(document, env, flags),
         **values[""],
     )
 

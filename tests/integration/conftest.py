@@ -45,6 +45,7 @@ from forwarder.localrun import (
 from forwarder.settings import load_settings
 
 READY_RE = re.compile(r"celery@\S+ ready\.")
+GATEWAY_RE = re.compile(r"gateway listening on (http://127\.0\.0\.1:\d+)")
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 REDIS_DATABASES = 64
 
@@ -61,6 +62,15 @@ _WORKER_ENV_VARS = (
     "FORWARDER_DATA_DIR",
     "FORWARDER_LOG_LEVEL",
     "AWS_ENDPOINT_URL",
+)
+
+# What the gateway and the gateway client read; removed the same way for a gateway's process.
+_GATEWAY_ENV_VARS = (
+    "FORWARDER_GATEWAY_HOST",
+    "FORWARDER_GATEWAY_PORT",
+    "FORWARDER_GATEWAY_TOKENS",
+    "FORWARDER_GATEWAY_URL",
+    "FORWARDER_GATEWAY_TOKEN",
 )
 
 
@@ -199,13 +209,23 @@ class Worker:
         self.child.kill()
 
 
+@dataclass
+class Gateway:
+    """``python -m forwarder gateway`` on a free port of 127.0.0.1; ``url`` is where it listens."""
+
+    child: Child
+    url: str
+    args: list[str]
+
+
 class Processes:
-    """Starts echo servers, workers and clients; ``close()`` stops them all."""
+    """Starts echo servers, workers, gateways and clients; ``close()`` stops them all."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.echo_servers: list[EchoServer] = []
         self.workers: list[Worker] = []
+        self.gateways: list[Gateway] = []
         self.clients: list[ForwarderClient] = []
 
     def echo(
@@ -265,6 +285,40 @@ class Processes:
         self.workers.append(worker)
         return worker.wait_ready(ready_timeout) if wait else worker
 
+    def gateway(
+        self,
+        *,
+        broker_url: str | None = None,
+        data_dir: Path | None = None,
+        queue: str | None = "inference",
+        sets: Sequence[str] = (),
+        env: Mapping[str, str | None] | None = None,
+        timeout: float = 30.0,
+    ) -> Gateway:
+        """A gateway, up and listening on a port it picked itself (no race for a free port)."""
+        args = ["gateway", "--host", HOST, "--port", "0"]
+        if broker_url is not None:
+            args += ["--broker-url", broker_url]
+        if data_dir is not None:
+            args += ["--data-dir", str(data_dir)]
+        if queue is not None:
+            args += ["--queue", queue]
+        for override in sets:
+            args += ["--set", override]
+        gateway_env = env_changes(
+            XDG_DATA_HOME=str(self.log_dir / "xdg-data"),
+            **{**dict.fromkeys(_GATEWAY_ENV_VARS), **(env or {})},
+        )
+        log_path = self.log_dir / f"gateway-{len(self.gateways)}.log"
+        child = start_forwarder(args, log_path, gateway_env, cwd=self.log_dir)
+        gateway = Gateway(child, "", args)
+        self.gateways.append(gateway)
+        try:
+            gateway.url = child.wait_for(GATEWAY_RE.pattern, timeout).group(1)
+        except RuntimeError as exc:
+            pytest.fail(f"gateway did not start: {exc}")
+        return gateway
+
     def client(
         self,
         *,
@@ -288,12 +342,17 @@ class Processes:
                 client.close()
         for worker in self.workers:
             worker.cleanup()
+        for gateway in self.gateways:
+            gateway.child.kill()
         for server in self.echo_servers:
             server.kill()
         # Shown by pytest only when the test fails.
         for worker in self.workers:
             sys.stderr.write(f"----- {worker.log_path.name}: {worker.args}\n")
             sys.stderr.write(worker.child.tail(40) + "\n")
+        for gateway in self.gateways:
+            sys.stderr.write(f"----- {gateway.child.log_path.name}: {gateway.args}\n")
+            sys.stderr.write(gateway.child.tail(40) + "\n")
 
 
 @pytest.fixture
@@ -324,6 +383,12 @@ def start_echo(procs: Processes) -> Callable[..., EchoServer]:
 def start_worker(procs: Processes) -> Callable[..., Worker]:
     """Worker factory: ``start_worker(model_port=..., pool=..., broker_url=..., ...)``."""
     return procs.worker
+
+
+@pytest.fixture
+def start_gateway(procs: Processes) -> Callable[..., Gateway]:
+    """Gateway factory: ``start_gateway(broker_url=..., queue=..., sets=..., env=...)``."""
+    return procs.gateway
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import socket
 import threading
@@ -569,3 +570,11 @@ def test_celerys_revoked_reads_as_canceled(client: ForwarderClient) -> None:
     result = client.get("revoked")
     assert (result.status, result.ready) == ("CANCELED", True)
     assert result.error is not None and "revoked by hand" in result.error
+
+
+@pytest.mark.parametrize("reason", [TaskCanceled, TaskDeadlineExceeded])
+def test_an_interrupt_survives_pickling(reason: type[TaskStopped]) -> None:
+    # A prefork child's exception reaches the worker process pickled; rebuilding it must work.
+    copy = pickle.loads(pickle.dumps(Interrupt(reason)))
+    assert copy.reason is reason
+    assert str(copy) == reason.__name__
