@@ -151,7 +151,8 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
         # Otherwise Celery builds a backend (and a Redis connection pool) per thread, which under
         # gevent means one per greenlet; the backends used here are safe to share in a process.
         result_backend_thread_safe=True,
-        worker_hijack_root_logger=True,
+        # forwarder.logs has configured the root logger (JSON lines, task ids, masking).
+        worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
     return app

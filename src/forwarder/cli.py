@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -44,6 +43,10 @@ _SETTINGS_FLAGS = (
     "--data-dir",
     "--task-visibility",
     "--log-level",
+    "--log-format",
+    "--metrics-port",
+    "--metrics-host",
+    "--tracing",
     "--host",
     "--port",
 )
@@ -65,6 +68,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, worker: bool) -> Non
     parser.add_argument("--sqs-url", help="SQS queue URL (SQS broker; needs --result-backend)")
     parser.add_argument("--data-dir", help="folder of the embedded broker and results")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-format", help="json (default) or text")
     if worker:
         parser.add_argument("--concurrency", "--num-workers", dest="concurrency")
         parser.add_argument("--pool", help="prefork (default) or gevent")
@@ -72,6 +76,9 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, worker: bool) -> Non
             "--task-visibility",
             help="VISIBILITY_1M, VISIBILITY_10M, VISIBILITY_1H or VISIBILITY_24H",
         )
+        parser.add_argument("--metrics-port", help="serve Prometheus metrics on this port")
+        parser.add_argument("--metrics-host", help="address of the metrics endpoint (0.0.0.0)")
+        parser.add_argument("--tracing", help="off (default) or otel: model calls as spans")
 
 
 def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
@@ -89,17 +96,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, args.set, flags=flags)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
-    )
+def _configure_logging(settings: Settings) -> None:
+    from forwarder.logs import configure
+
+    configure(settings.worker.log_level, settings.worker.log_format, settings.worker.queue)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.worker.pool == "gevent":
         patch_gevent()
-    _configure_logging(settings.worker.log_level)
+    _configure_logging(settings)
     from forwarder.worker import run_worker
 
     return run_worker(settings)
@@ -145,7 +152,7 @@ def _read_payload(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    _configure_logging(settings.worker.log_level)
+    _configure_logging(settings)
     from forwarder.gateway import run_gateway
 
     return run_gateway(settings)

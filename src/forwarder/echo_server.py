@@ -74,6 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         with srv.lock:
             srv.predict_requests += 1
+            srv.last_traceparent = self.headers.get("traceparent")
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
         try:
@@ -135,6 +136,8 @@ class EchoServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int]) -> None:
         self.lock = threading.Lock()
         self.predict_requests = self.in_flight = self.max_in_flight = 0
+        # What a caller passing W3C trace context sent last (None: the last request had none).
+        self.last_traceparent: str | None = None
         self.started_at = time.monotonic()
         super().__init__(address, _Handler)
 
@@ -162,9 +165,10 @@ class EchoServer(ThreadingHTTPServer):
     def is_ready(self) -> bool:
         return time.monotonic() - self.started_at >= self.ready_after
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         with self.lock:
             return {
+                "last_traceparent": self.last_traceparent,
                 "predict_requests": self.predict_requests,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,

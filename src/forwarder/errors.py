@@ -14,6 +14,7 @@
      ├── HookError                   a hook failed (logged and counted; the task is unaffected)
      │    └── CallbackError            the callback was not delivered
      └── ClientError                 raised by the client (submit / get / wait)
+          ├── GatewayError             the gateway refused a request or did not answer
           └── TaskWaitTimeout          the task did not finish within the wait
 
 Task errors carry a single message argument so that any Celery client can rebuild them from the
@@ -27,6 +28,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ForwarderError",
+    "GatewayError",
     "HookError",
     "ModelResponseError",
     "ModelServerError",
@@ -121,6 +123,14 @@ class CallbackError(HookError):
 
 class ClientError(ForwarderError):
     """An error on the client side of the queue."""
+
+
+class GatewayError(ClientError):
+    """The gateway refused a request or could not be reached; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TaskWaitTimeout(ClientError):

@@ -48,6 +48,7 @@ try:
     from starlette.datastructures import Headers
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from forwarder.gateway_metrics import add_metrics
     from forwarder.gateway_models import (
         TASK_ID_PATTERN,
         CreateAsyncTaskV1Response,
@@ -421,6 +422,7 @@ def create_app(
         return {"status": "ready"}
 
     app.add_middleware(BodyLimits, max_body_bytes=gateway.max_body_bytes)
+    add_metrics(app)  # outermost, so that a 413 from the body limits is counted too
     return app
 
 

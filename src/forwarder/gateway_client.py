@@ -14,19 +14,11 @@ from urllib.parse import quote
 import requests
 
 from forwarder.client import TaskResult
-from forwarder.errors import ClientError, TaskWaitTimeout
+from forwarder.errors import GatewayError, TaskWaitTimeout
 
-__all__ = ["GatewayClient", "GatewayError"]
+__all__ = ["GatewayClient"]
 
 DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read
-
-
-class GatewayError(ClientError):
-    """The gateway refused a request or could not be reached; ``status`` is its HTTP status."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class GatewayClient:

@@ -73,10 +73,26 @@ def _task_context() -> dict[str, str]:
 
 
 class _Context(logging.Filter):
-    """Adds ``task_id`` / ``queue`` of the running task; hides Celery's result bodies."""
+    """Adds ``task_id`` / ``queue`` of the task a line is about; hides Celery's result bodies.
+
+    The task is the one running in this thread (or greenlet), or, for Celery's own lines about a
+    task outside it ("received"), the one whose ``id`` the line is formatted with; ``queue`` is
+    the queue the worker consumes when the message does not say.
+    """
+
+    def __init__(self, queue: str | None = None) -> None:
+        super().__init__()
+        self.queue = queue
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in _task_context().items():
+        context = _task_context()
+        if not context and record.name.startswith("celery.") and isinstance(record.args, Mapping):
+            task_id = record.args.get("id")
+            if isinstance(task_id, str):
+                context = {"task_id": task_id}
+        if context and self.queue:
+            context.setdefault("queue", self.queue)
+        for key, value in context.items():
             if not hasattr(record, key):
                 setattr(record, key, value)
         if record.name == "celery.app.trace" and isinstance(record.args, Mapping):
@@ -124,11 +140,14 @@ class TextFormatter(logging.Formatter):
         return mask_secrets(text)
 
 
-def configure(level: str, fmt: str) -> None:
-    """One handler on the root logger, to stderr, in ``fmt`` (json or text)."""
+def configure(level: str, fmt: str, queue: str | None = None) -> None:
+    """One handler on the root logger, to stderr, in ``fmt`` (json or text).
+
+    ``queue``: the queue a worker consumes, named on the lines about a task that do not say.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(_Context())
+    handler.addFilter(_Context(queue))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -52,6 +52,8 @@ TASK_VISIBILITY_SECONDS = {
     "VISIBILITY_24H": 86400,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
+TRACING = ("off", "otel")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,10 @@ class WorkerSettings:
     retry_backoff_max_seconds: float = 30.0
     readiness_timeout_seconds: float = 0.0
     log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_port: int | None = None  # None: no metrics endpoint
+    metrics_host: str = "0.0.0.0"
+    tracing: str = "off"
 
     @property
     def visibility_timeout(self) -> int:
@@ -176,6 +182,10 @@ _FIELDS = (
     _worker("retry_backoff_max_seconds", positive_number),
     _worker("readiness_timeout_seconds", non_negative_number),
     _worker("log_level", choice(*LOG_LEVELS), env="FORWARDER_LOG_LEVEL", flag="--log-level"),
+    _worker("log_format", choice(*LOG_FORMATS), env="FORWARDER_LOG_FORMAT", flag="--log-format"),
+    _worker("metrics_port", optional(port), env="FORWARDER_METRICS_PORT", flag="--metrics-port"),
+    _worker("metrics_host", hostname, env="FORWARDER_METRICS_HOST", flag="--metrics-host"),
+    _worker("tracing", choice(*TRACING), env="FORWARDER_TRACING", flag="--tracing"),
     _Field(
         "",
         "firehose_max_pool_connections",

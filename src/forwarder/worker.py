@@ -26,14 +26,15 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from forwarder.brokers import broker_config, celery_app
-from forwarder.errors import ForwarderError, ModelServerUnavailable, TaskStopped
+from forwarder.errors import ConfigError, ForwarderError, ModelServerUnavailable, TaskStopped
 from forwarder.forwarding import Forwarder
 from forwarder.hooks import HookRunner, TaskOutcome, build_hooks
+from forwarder.metrics import enable as enable_metrics
 from forwarder.metrics import recorder
 from forwarder.pool_switch import check_gevent_patched
 from forwarder.settings import Settings, mask_url
 from forwarder.task_control import TaskControl, TaskLimits
-from forwarder.tracing import model_call_span, pop_trace_context
+from forwarder.tracing import enable_spans, model_call_span, pop_trace_context
 
 __all__ = ["LEGACY_TASK_NAME", "LIRA_TASK_NAME", "TASK_NAMES", "create_worker_app", "run_worker"]
 
@@ -103,12 +104,17 @@ def _hooks_of_stopped(task: HookedTask, error: TaskStopped) -> None:
 
 
 def queue_wait_seconds(arrival_timestamp: Any) -> float | None:
-    """Seconds since model-engine's ``arrival_timestamp`` (a naive local time), if it parses."""
-    if not isinstance(arrival_timestamp, str):
-        return None
-    try:
-        arrival = datetime.fromisoformat(arrival_timestamp)
-    except ValueError:
+    """Seconds since model-engine's ``arrival_timestamp`` (a naive local time), if it parses.
+
+    Celery's JSON decodes the datetime it encoded; another sender's may be an ISO string.
+    """
+    arrival = arrival_timestamp
+    if isinstance(arrival, str):
+        try:
+            arrival = datetime.fromisoformat(arrival)
+        except ValueError:
+            return None
+    if not isinstance(arrival, datetime):
         return None
     now = datetime.now(arrival.tzinfo) if arrival.tzinfo else datetime.now()
     return (now - arrival).total_seconds()
@@ -215,6 +221,15 @@ def run_worker(settings: Settings) -> int:
         mask_url(config.result_backend),
         settings.model.predict_url,
     )
+    if worker.tracing == "otel" and not enable_spans():
+        raise ConfigError(
+            "tracing", "otel", "OpenTelemetry installed: pip install opentelemetry-sdk"
+        )
+    if worker.metrics_port is not None:
+        # Before the pool forks, and before anything imports prometheus_client.
+        enable_metrics(
+            worker.metrics_port, worker.metrics_host, multiprocess=worker.pool == "prefork"
+        )
     forwarder = build_forwarder(settings)
     hooks = build_hooks(settings)
     forwarder.wait_until_ready(worker.readiness_timeout_seconds)

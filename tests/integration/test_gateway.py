@@ -28,8 +28,8 @@ import requests
 from openapi_spec_validator import validate
 from pydantic import BaseModel, ConfigDict
 
-from forwarder.errors import ClientError
-from forwarder.gateway_client import GatewayClient, GatewayError
+from forwarder.errors import ClientError, GatewayError
+from forwarder.gateway_client import GatewayClient
 from forwarder.localrun import free_port
 from forwarder.worker import LIRA_TASK_NAME
 

@@ -59,9 +59,14 @@ class Client:
         self.first_sock: socket.socket | None = None
 
     def request(
-        self, method: str, path: str, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[http.client.HTTPResponse, bytes]:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if headers is None:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
         self.conn.request(method, path, body=body, headers=headers)
         resp = self.conn.getresponse()
         data = resp.read()
@@ -205,7 +210,7 @@ def test_ready_immediately_by_default(client: Client) -> None:
 def test_stats_counts_and_tracks_concurrency(server: EchoServer, client: Client) -> None:
     assert client.get_json("/stats") == (
         200,
-        {"predict_requests": 0, "in_flight": 0, "max_in_flight": 0},
+        {"last_traceparent": None, "predict_requests": 0, "in_flight": 0, "max_in_flight": 0},
     )
     results: list[int] = []
 
@@ -232,6 +237,19 @@ def test_stats_counts_and_tracks_concurrency(server: EchoServer, client: Client)
     assert stats["in_flight"] == 0
     assert stats["max_in_flight"] >= 4
     client.assert_single_connection()
+
+
+def test_stats_show_the_last_traceparent(client: Client) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    client.request(
+        "POST",
+        "/predict",
+        b"{}",
+        headers={"traceparent": parent, "Content-Type": "application/json"},
+    )
+    assert client.get_json("/stats")[1]["last_traceparent"] == parent
+    client.post({})
+    assert client.get_json("/stats")[1]["last_traceparent"] is None
 
 
 def test_unknown_path_404_and_wrong_method_405(client: Client) -> None:

@@ -64,6 +64,7 @@ def test_every_error_class_is_listed() -> None:
         "ClientError",
         "ConfigError",
         "ForwarderError",
+        "GatewayError",
         "HookError",
         "ModelResponseError",
         "ModelServerError",

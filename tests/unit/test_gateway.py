@@ -24,9 +24,9 @@ from openapi_spec_validator import validate
 
 from forwarder import cli
 from forwarder.client import TaskResult
-from forwarder.errors import TaskWaitTimeout
+from forwarder.errors import GatewayError, TaskWaitTimeout
 from forwarder.gateway import create_app, task_view
-from forwarder.gateway_client import GatewayClient, GatewayError
+from forwarder.gateway_client import GatewayClient
 from forwarder.gateway_models import TaskStatus
 from forwarder.idempotency import FileStore
 from forwarder.settings import load_settings
@@ -597,3 +597,46 @@ def test_the_gateway_client_raises_with_the_status_and_the_field(
     with GatewayClient(f"http://127.0.0.1:{port}") as nowhere, pytest.raises(GatewayError) as down:
         nowhere.get("t-1")
     assert down.value.status is None and "unreachable" in str(down.value)
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_count_requests_by_route_template_and_status(
+    serve: Callable[..., Served],
+) -> None:
+    gateway = serve("gateway.max_body_bytes=1000")
+    task_ids = [
+        gateway.post("/v1/async-tasks", json={"args": n}).json()["task_id"] for n in range(3)
+    ]
+    for task_id in task_ids:
+        assert gateway.get(f"/v1/async-tasks/{task_id}").status_code == 200
+    assert gateway.post("/v1/async-tasks", json={"args": "x" * 1000}).status_code == 413
+    assert gateway.get("/nowhere").status_code == 404
+
+    text = gateway.get("/metrics").text
+    counts = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("forwarder_gateway_requests_total")
+    }
+    route = "/v1/async-tasks"
+    assert (
+        counts[f'forwarder_gateway_requests_total{{method="POST",route="{route}",status="200"}}']
+        == 3
+    )
+    assert (
+        counts[
+            f'forwarder_gateway_requests_total{{method="GET",route="{route}/{{task_id}}",status="200"}}'
+        ]
+        == 3
+    )
+    assert (
+        counts[f'forwarder_gateway_requests_total{{method="POST",route="{route}",status="413"}}']
+        == 1
+    )
+    assert (
+        counts['forwarder_gateway_requests_total{method="GET",route="unmatched",status="404"}'] == 1
+    )
+    assert "forwarder_gateway_request_seconds_bucket" in text
+    assert "/metrics" not in gateway.get("/openapi.json").json()["paths"]

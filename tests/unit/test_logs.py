@@ -46,7 +46,9 @@ def test_summarize_shows_sizes_and_keys_only() -> None:
 
 
 def record(name: str, msg: str, args: object = None, **extra: object) -> logging.LogRecord:
-    made = logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)  # type: ignore[arg-type]
+    # As logging does for logger.info(msg, mapping): a lone mapping becomes the args.
+    packed = (args,) if isinstance(args, dict) else args
+    made = logging.LogRecord(name, logging.INFO, __file__, 1, msg, packed, None)  # type: ignore[arg-type]
     for key, value in extra.items():
         setattr(made, key, value)
     return made
@@ -96,3 +98,17 @@ def test_configure_replaces_the_root_handlers() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_celery_lines_about_a_task_outside_it_name_the_task() -> None:
+    received = record(
+        "celery.worker.strategy",
+        "Task %(name)s[%(id)s] received",
+        {"name": "ml_serve.celery_service.exec_func", "id": "t-4"},
+    )
+    _Context("inference").filter(received)
+    parsed = json.loads(JsonFormatter().format(received))
+    assert (parsed["task_id"], parsed["queue"]) == ("t-4", "inference")
+    unrelated = record("celery.worker.consumer", "Connected to %(url)s", {"url": "redis://x"})
+    _Context("inference").filter(unrelated)
+    assert "task_id" not in json.loads(JsonFormatter().format(unrelated))

@@ -24,17 +24,26 @@ from forwarder.worker import retry_delay
 
 INTENDED = {
     "__version__": None,
+    "CallbackError": "forwarder.errors",
     "ClientError": "forwarder.errors",
     "ConfigError": "forwarder.errors",
     "ForwarderError": "forwarder.errors",
+    "GatewayError": "forwarder.errors",
+    "HookError": "forwarder.errors",
     "ModelResponseError": "forwarder.errors",
     "ModelServerError": "forwarder.errors",
     "ModelServerTimeout": "forwarder.errors",
     "ModelServerUnavailable": "forwarder.errors",
     "PayloadError": "forwarder.errors",
+    "TaskCanceled": "forwarder.errors",
+    "TaskDeadlineExceeded": "forwarder.errors",
+    "TaskExpired": "forwarder.errors",
+    "TaskStopped": "forwarder.errors",
     "TaskWaitTimeout": "forwarder.errors",
     "Forwarder": "forwarder.forwarding",
+    "FINAL_STATES": "forwarder.client",
     "ForwarderClient": "forwarder.client",
+    "GatewayClient": "forwarder.gateway_client",
     "TaskResult": "forwarder.client",
     "ModelServerSettings": "forwarder.settings",
     "Settings": "forwarder.settings",
@@ -255,3 +264,16 @@ def test_client_without_settings_reads_the_environment(
         assert client.settings.worker.queue == "from-env"
         assert client.app.conf.task_default_queue == "from-env"
     assert (tmp_path / "queue").is_dir()
+
+
+def test_queue_wait_from_any_form_of_arrival_timestamp() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from forwarder.worker import queue_wait_seconds
+
+    ago = datetime.now() - timedelta(seconds=5)
+    for arrival in (ago, ago.isoformat(), datetime.now(UTC) - timedelta(seconds=5)):
+        wait = queue_wait_seconds(arrival)
+        assert wait is not None and 4.9 < wait < 6, arrival
+    assert queue_wait_seconds(None) is None
+    assert queue_wait_seconds("yesterday") is None

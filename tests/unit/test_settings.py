@@ -132,6 +132,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert worker.retry_backoff_max_seconds == 30.0
     assert worker.readiness_timeout_seconds == 0.0
     assert worker.log_level == "INFO"
+    assert (worker.log_format, worker.tracing) == ("json", "off")
+    assert (worker.metrics_port, worker.metrics_host) == (None, "0.0.0.0")
     assert result.firehose_max_pool_connections == 10
 
 
@@ -420,6 +422,10 @@ VALID = {
     "retry_backoff_max_seconds": ("1", "2.5", "3"),
     "readiness_timeout_seconds": ("0", "2.5", "3"),
     "log_level": ("DEBUG", "WARNING", "ERROR"),
+    "log_format": ("text", "json", "text"),
+    "metrics_port": ("9100", "9101", "9102"),
+    "metrics_host": ("127.0.0.1", "10.0.0.2", "metrics-host"),
+    "tracing": ("otel", "off", "otel"),
     "firehose_max_pool_connections": ("1", "2", "3"),
 }
 
@@ -431,7 +437,7 @@ def expected_value(name: str, text: str) -> object:
         return text == "true"
     if isinstance(default, float):
         return float(text)
-    if isinstance(default, int) or name == "max_tasks_per_child":
+    if isinstance(default, int) or name in ("max_tasks_per_child", "metrics_port"):
         return int(text)
     if isinstance(default, Path):
         return Path(text)
@@ -599,6 +605,10 @@ BAD: dict[str, tuple[list[object], str]] = {
     "retry_backoff_max_seconds": (["0", "-1", "x", 0, -2], "positive"),
     "readiness_timeout_seconds": (["-1", "x", "inf", "", -0.5, True, None], "0 or more"),
     "log_level": (["TRACE", "", 10, None], "DEBUG, INFO, WARNING, ERROR"),
+    "log_format": (["yaml", "JSON", "", 1, None], "json, text"),
+    "metrics_port": (["0", "-1", "70000", "x", "", 1.5, True], "port"),
+    "metrics_host": (["http://host", "host:9100", "", 5, None], "host name"),
+    "tracing": (["on", "datadog", "", True, None], "off, otel"),
     "firehose_max_pool_connections": (["0", "-1", "x", "", 0, -1, 1.5, None], "positive whole"),
 }
 
