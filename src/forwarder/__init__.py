@@ -15,6 +15,7 @@ _EXPORTS = {
     "CallbackError": "forwarder.errors",
     "ClientError": "forwarder.errors",
     "ConfigError": "forwarder.errors",
+    "DeadLettered": "forwarder.errors",
     "ForwarderError": "forwarder.errors",
     "GatewayError": "forwarder.errors",
     "HookError": "forwarder.errors",

@@ -30,6 +30,9 @@ EMBEDDED_POLLING_INTERVAL = 0.02
 # one request per 10 s.
 SQS_POLLING_INTERVAL = 0.02
 REDIS_MIN_CONNECTIONS = 10
+# Celery sleeps 10 ms doubling up to 10 s (full jitter) between result-store tries: 20 tries
+# ride out a Redis restart of a minute or so, then the error is raised as before.
+RESULT_BACKEND_MAX_RETRIES = 20
 SQS_QUEUE_NAME = re.compile(r"(?=.{1,80}\Z)[A-Za-z0-9_-]+(?:\.fifo)?")
 
 
@@ -109,8 +112,14 @@ def _sqs(worker: WorkerSettings, url: str) -> BrokerConfig:
         # kombu ignores the global visibility_timeout for predefined queues.
         "visibility_timeout": worker.visibility_timeout,
     }
+    # Only the work queue is consumed; the dead-letter queue is listed so that kombu, which
+    # refuses a queue not in predefined_queues, can send to it. Same account and region.
+    dead_letter_url = f"{url.rstrip('/').rpartition('/')[0]}/{worker.dead_letter_queue_name}"
     options: dict[str, Any] = {
-        "predefined_queues": {worker.queue: queue_options},
+        "predefined_queues": {
+            worker.queue: queue_options,
+            worker.dead_letter_queue_name: {"url": dead_letter_url},
+        },
         "polling_interval": SQS_POLLING_INTERVAL,
     }
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
@@ -148,6 +157,11 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
         task_default_queue=settings.worker.queue,
         broker_transport_options=config.transport_options,
         broker_connection_retry_on_startup=True,
+        # A result store that meets a restarting Redis is retried, not turned into a FAILURE of
+        # a task whose model call succeeded (found by tests/faults): Celery retries only the
+        # errors its backend calls safe (connection errors), with backoff, here for ~1 minute.
+        result_backend_always_retry=True,
+        result_backend_max_retries=RESULT_BACKEND_MAX_RETRIES,
         # Otherwise Celery builds a backend (and a Redis connection pool) per thread, which under
         # gevent means one per greenlet; the backends used here are safe to share in a process.
         result_backend_thread_safe=True,

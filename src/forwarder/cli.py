@@ -1,4 +1,5 @@
-"""``forwarder worker | gateway | submit | get | cancel | demo | echo-server | check-config``.
+"""``forwarder worker | gateway | submit | get | cancel | dead-letter | demo | echo-server |
+check-config``.
 
 This module imports only the standard library, PyYAML and the settings: the worker command must be
 able to patch for gevent before celery or requests are imported.
@@ -47,6 +48,8 @@ _SETTINGS_FLAGS = (
     "--metrics-port",
     "--metrics-host",
     "--tracing",
+    "--max-deliveries",
+    "--dead-letter-queue",
     "--host",
     "--port",
 )
@@ -79,6 +82,17 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, worker: bool) -> Non
         parser.add_argument("--metrics-port", help="serve Prometheus metrics on this port")
         parser.add_argument("--metrics-host", help="address of the metrics endpoint (0.0.0.0)")
         parser.add_argument("--tracing", help="off (default) or otel: model calls as spans")
+        parser.add_argument(
+            "--max-deliveries",
+            help="deliveries that did not finish before a task is dead-lettered (5)",
+        )
+        _add_dead_letter_queue_flag(parser)
+
+
+def _add_dead_letter_queue_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dead-letter-queue", help="where crash-looping tasks go (default: QUEUE-dead-letter)"
+    )
 
 
 def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
@@ -290,6 +304,46 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dead_letter_list(args: argparse.Namespace) -> int:
+    from forwarder.dead_letter_queue import open_dead_letters
+
+    store = open_dead_letters(_settings(args))
+    try:
+        for shown, entry in enumerate(store.entries()):
+            if args.limit is not None and shown >= args.limit:
+                break
+            if entry.letter is None:
+                line: dict[str, Any] = {"not_a_dead_letter": entry.problem}
+            else:
+                line = entry.letter.summary(show_payload=args.show_payload)
+            print(json.dumps(line, default=str))
+    finally:
+        store.close()
+    return 0
+
+
+def _cmd_dead_letter_replay(args: argparse.Namespace) -> int:
+    if bool(args.task_ids) == args.all:
+        raise ConfigError("replay", args.task_ids, "task ids or --all, one of the two")
+    from forwarder.client import ForwarderClient
+    from forwarder.dead_letter_queue import open_dead_letters, replay
+
+    settings = _settings(args)
+    wanted = None if args.all else set(args.task_ids)
+    store = open_dead_letters(settings)
+    try:
+        with ForwarderClient(settings) as client:
+            sent = replay(client.app, store, wanted)
+    finally:
+        store.close()
+    for letter in sent:
+        print(json.dumps({"task_id": letter.task_id, "queue": letter.queue, "replayed": True}))
+    missing = sorted((wanted or set()) - {letter.task_id for letter in sent})
+    for task_id in missing:
+        sys.stderr.write(f"forwarder: {task_id} is not on the dead-letter queue\n")
+    return 1 if missing else 0
+
+
 def _cmd_echo_server(args: argparse.Namespace) -> int:
     from forwarder.echo_server import make_server, serve
 
@@ -370,6 +424,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gateway_flags(cancel)
     cancel.add_argument("task_id")
     cancel.set_defaults(run=_cmd_cancel)
+
+    dead_letter = commands.add_parser(
+        "dead-letter", help="list or replay the tasks that kept killing their worker"
+    )
+    actions = dead_letter.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="print the dead letters as JSON lines, oldest first")
+    listing.add_argument("--limit", type=int, metavar="N", help="print at most N")
+    listing.add_argument(
+        "--show-payload", action="store_true", help="include args and kwargs (user data)"
+    )
+    listing.set_defaults(run=_cmd_dead_letter_list)
+    replaying = actions.add_parser("replay", help="send dead letters back to their queue")
+    replaying.add_argument("task_ids", nargs="*", metavar="TASK_ID")
+    replaying.add_argument("--all", action="store_true", help="every dead letter")
+    replaying.set_defaults(run=_cmd_dead_letter_replay)
+    for action in (listing, replaying):
+        _add_settings_flags(action, worker=False)
+        _add_dead_letter_queue_flag(action)
 
     echo = commands.add_parser("echo-server", help="a model server that echoes its input")
     echo.add_argument("--host", default="127.0.0.1")

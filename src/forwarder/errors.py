@@ -10,7 +10,8 @@
      ├── TaskStopped                 the task ended without a model reply, by its limits or a client
      │    ├── TaskExpired              waited in the queue past its ttl_seconds (never forwarded)
      │    ├── TaskDeadlineExceeded     the model call outlived its timeout_seconds (abandoned)
-     │    └── TaskCanceled             canceled by a client (never forwarded, or abandoned)
+     │    ├── TaskCanceled             canceled by a client (never forwarded, or abandoned)
+     │    └── DeadLettered             delivered again after max_deliveries unfinished deliveries
      ├── HookError                   a hook failed (logged and counted; the task is unaffected)
      │    └── CallbackError            the callback was not delivered
      └── ClientError                 raised by the client (submit / get / wait)
@@ -27,6 +28,7 @@ __all__ = [
     "CallbackError",
     "ClientError",
     "ConfigError",
+    "DeadLettered",
     "ForwarderError",
     "GatewayError",
     "HookError",
@@ -111,6 +113,15 @@ class TaskCanceled(TaskStopped):
     """A client canceled the task: before it was forwarded, or during its model call."""
 
     state = "CANCELED"
+
+
+class DeadLettered(TaskStopped):
+    """Its deliveries kept ending without a result (a crash loop): moved to the dead-letter queue.
+
+    Stored as a plain FAILURE: the task did fail, and every client already knows that state.
+    """
+
+    state = "FAILURE"
 
 
 class HookError(ForwarderError):

@@ -54,6 +54,8 @@ TASK_VISIBILITY_SECONDS = {
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
 TRACING = ("off", "otel")
+# A dash, not a dot: kombu's SQS transport would turn a dot into one anyway.
+DEAD_LETTER_SUFFIX = "-dead-letter"
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,21 @@ class WorkerSettings:
     metrics_port: int | None = None  # None: no metrics endpoint
     metrics_host: str = "0.0.0.0"
     tracing: str = "off"
+    max_deliveries: int = 5
+    dead_letter_queue: str | None = None  # None: the queue's name + DEAD_LETTER_SUFFIX
 
     @property
     def visibility_timeout(self) -> int:
         return TASK_VISIBILITY_SECONDS[self.task_visibility]
+
+    @property
+    def dead_letter_queue_name(self) -> str:
+        if self.dead_letter_queue:
+            return self.dead_letter_queue
+        # An SQS FIFO queue's name must end in .fifo.
+        fifo = ".fifo" if self.queue.endswith(".fifo") else ""
+        base = self.queue.removesuffix(fifo)
+        return f"{base}{DEAD_LETTER_SUFFIX}{fifo}"
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,18 @@ _FIELDS = (
     _worker("metrics_port", optional(port), env="FORWARDER_METRICS_PORT", flag="--metrics-port"),
     _worker("metrics_host", hostname, env="FORWARDER_METRICS_HOST", flag="--metrics-host"),
     _worker("tracing", choice(*TRACING), env="FORWARDER_TRACING", flag="--tracing"),
+    _worker(
+        "max_deliveries",
+        positive_int,
+        env="FORWARDER_MAX_DELIVERIES",
+        flag="--max-deliveries",
+    ),
+    _worker(
+        "dead_letter_queue",
+        optional(nonempty),
+        env="FORWARDER_DEAD_LETTER_QUEUE",
+        flag="--dead-letter-queue",
+    ),
     _Field(
         "",
         "firehose_max_pool_connections",

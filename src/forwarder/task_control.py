@@ -13,10 +13,11 @@ A client cancels a task by storing a marker, ``forwarder-cancel-<task id>``, thr
 backend's key/value store (expiring with the results where the backend expires them), and, for a
 task not yet running, the visible state ``CANCELED``. The marker stays where the worker writes
 nothing, so a state the worker writes over (STARTED) cannot undo the cancel. The worker reads the
-marker once before forwarding (the one extra read per task) and stores STARTED itself only after
-that, so a queued task canceled by a client never shows STARTED. While model calls run, one
-watcher per process reads the markers of all of them in one ``mget`` every ``WATCH_INTERVAL``
-and interrupts the canceled ones (see ``forwarder.interrupts``); idle, it waits without cost.
+marker once before forwarding (the one extra round trip per task, which also counts the
+delivery: see ``forwarder.dead_letter``) and stores STARTED itself only after that, so a queued
+task canceled by a client never shows STARTED. While model calls run, one watcher per process
+reads the markers of all of them in one ``mget`` every ``WATCH_INTERVAL`` and interrupts the
+canceled ones (see ``forwarder.interrupts``); idle, it waits without cost.
 
 ``EXPIRED``, ``TIMEOUT`` and ``CANCELED`` are final: stored with the same fields as a FAILURE
 (``exc_type``, ``exc_message``, ``custom``), the message acknowledged, never retried and never
@@ -38,6 +39,7 @@ from typing import Any, NoReturn
 from celery import states
 from celery.exceptions import Ignore
 
+from forwarder.dead_letter import CrashLoopGuard, read_admission
 from forwarder.errors import (
     PayloadError,
     TaskCanceled,
@@ -222,7 +224,7 @@ class _Watcher:
 
 
 class TaskControl:
-    """Admits a task past its TTL and cancel checks, then bounds and watches its model call.
+    """Admits a task past its cancel, TTL and delivery checks, then bounds and watches its call.
 
     ``on_stop(task, error)`` runs the hooks of a task that ends stopped: Celery runs none for it.
     """
@@ -232,10 +234,12 @@ class TaskControl:
         pool: str,
         backend: Callable[[], Any],
         on_stop: Callable[[Any, TaskStopped], None],
+        crash_loop: CrashLoopGuard,
     ) -> None:
         self.pool = pool
         self.backend = backend
         self.on_stop = on_stop
+        self.crash_loop = crash_loop
         self._watcher: _Watcher | None = None
         self._watcher_pid = 0
 
@@ -247,14 +251,22 @@ class TaskControl:
         return self._watcher
 
     def admit(self, task: Any, limits: TaskLimits) -> None:
-        """End the task (``Ignore``) if canceled or expired; otherwise store STARTED."""
+        """End the task (``Ignore``) if canceled, expired or crash-looping; else store STARTED."""
         request = task.request
+        backend = task.backend
+        admission = read_admission(
+            backend, cancel_key(backend, request.id), request.id, request.retries or 0
+        )
         # The marker first: a task a client canceled stays CANCELED even once it has expired.
-        if task.backend.get(cancel_key(task.backend, request.id)) is not None:
+        if admission.canceled:
             self.stop(task, TaskCanceled(CANCELED_QUEUED))
         expired = limits.expired(time.time())
         if expired is not None:
             self.stop(task, expired)
+        # After the TTL: an expired task would only expire again if replayed.
+        dead_lettered = self.crash_loop.check(task, admission.deliveries)
+        if dead_lettered is not None:
+            self.stop(task, dead_lettered)
         task.backend.store_result(
             request.id,
             {"pid": os.getpid(), "hostname": request.hostname},

@@ -6,7 +6,9 @@ A task POSTs its payload to the model server and returns the shaped reply. A con
 error payload stored next to Celery's ``exc_type`` / ``exc_message``.
 
 A client may limit a task's time in the queue and its model call, and cancel it: the task then
-ends EXPIRED, TIMEOUT or CANCELED without a model reply (see ``forwarder.task_control``).
+ends EXPIRED, TIMEOUT or CANCELED without a model reply (see ``forwarder.task_control``). A task
+delivered more than ``max_deliveries`` times without finishing (it keeps killing its worker
+process) ends FAILURE and is copied to the dead-letter queue (see ``forwarder.dead_letter``).
 
 Once a task has reached its final state and its result is stored, the post-inference hooks run in
 the same slot: from ``after_return`` for SUCCESS and FAILURE, and from the task itself for the
@@ -26,6 +28,7 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from forwarder.brokers import broker_config, celery_app
+from forwarder.dead_letter import CrashLoopGuard
 from forwarder.errors import ConfigError, ForwarderError, ModelServerUnavailable, TaskStopped
 from forwarder.forwarding import Forwarder
 from forwarder.hooks import HookRunner, TaskOutcome, build_hooks
@@ -127,8 +130,11 @@ def create_worker_app(
     app = celery_app(settings)
     retries = settings.worker.model_retries
     backoff_cap = settings.worker.retry_backoff_max_seconds
-    control = TaskControl(settings.worker.pool, lambda: app.backend, _hooks_of_stopped)
     queue = settings.worker.queue
+    crash_loop = CrashLoopGuard(
+        settings.worker.max_deliveries, queue, settings.worker.dead_letter_queue_name
+    )
+    control = TaskControl(settings.worker.pool, lambda: app.backend, _hooks_of_stopped, crash_loop)
     visibility = settings.worker.visibility_timeout
 
     def forward(

@@ -151,7 +151,13 @@ def test_sqs_predefined_queue(visibility: str, seconds: int) -> None:
     assert config.broker_url == "sqs://"
     assert config.result_backend == REDIS
     assert config.transport_options == {
-        "predefined_queues": {"inference-q": {"url": SQS_URL, "visibility_timeout": seconds}},
+        "predefined_queues": {
+            "inference-q": {"url": SQS_URL, "visibility_timeout": seconds},
+            # Sent to, never consumed: same account and region as the work queue.
+            "inference-q-dead-letter": {
+                "url": SQS_URL.rpartition("/")[0] + "/inference-q-dead-letter"
+            },
+        },
         "polling_interval": brokers.SQS_POLLING_INTERVAL,
     }
     # kombu's 1 s default also applies while every slot is busy, idling a saturated worker.
@@ -178,7 +184,10 @@ def test_sqs_requires_a_result_backend() -> None:
 def test_sqs_queue_names(queue: str) -> None:
     url = SQS_URL + (".fifo" if queue.endswith(".fifo") else "")
     config = broker_config(WorkerSettings(sqs_url=url, result_backend=REDIS, queue=queue))
-    assert list(config.transport_options["predefined_queues"]) == [queue]
+    dead_letter = (
+        f"{queue[:-5]}-dead-letter.fifo" if url.endswith(".fifo") else f"{queue}-dead-letter"
+    )
+    assert list(config.transport_options["predefined_queues"]) == [queue, dead_letter]
 
 
 @pytest.mark.parametrize("queue", ["my.queue", "with space", "a" * 81, "a:b", ".fifo"])

@@ -19,6 +19,7 @@ from forwarder.errors import (
     CallbackError,
     ClientError,
     ConfigError,
+    DeadLettered,
     ForwarderError,
     HookError,
     ModelResponseError,
@@ -63,6 +64,7 @@ def test_every_error_class_is_listed() -> None:
         "CallbackError",
         "ClientError",
         "ConfigError",
+        "DeadLettered",
         "ForwarderError",
         "GatewayError",
         "HookError",
@@ -93,14 +95,15 @@ def test_hierarchy() -> None:
     for cls in (ModelServerUnavailable, ModelServerTimeout, ModelResponseError):
         assert cls.__bases__ == (ModelServerError,)
     assert TaskWaitTimeout.__bases__ == (ClientError,)
-    for cls in (TaskExpired, TaskDeadlineExceeded, TaskCanceled):
+    for cls in (TaskExpired, TaskDeadlineExceeded, TaskCanceled, DeadLettered):
         assert cls.__bases__ == (TaskStopped,)
-    # The final state each one is stored as.
-    assert (TaskExpired.state, TaskDeadlineExceeded.state, TaskCanceled.state) == (
-        "EXPIRED",
-        "TIMEOUT",
-        "CANCELED",
-    )
+    # The final state each one is stored as: a dead-lettered task is a plain FAILURE.
+    assert (
+        TaskExpired.state,
+        TaskDeadlineExceeded.state,
+        TaskCanceled.state,
+        DeadLettered.state,
+    ) == ("EXPIRED", "TIMEOUT", "CANCELED", "FAILURE")
 
 
 def test_docstring_tree_matches_the_classes() -> None:

@@ -27,6 +27,7 @@ INTENDED = {
     "CallbackError": "forwarder.errors",
     "ClientError": "forwarder.errors",
     "ConfigError": "forwarder.errors",
+    "DeadLettered": "forwarder.errors",
     "ForwarderError": "forwarder.errors",
     "GatewayError": "forwarder.errors",
     "HookError": "forwarder.errors",

@@ -426,6 +426,8 @@ VALID = {
     "metrics_port": ("9100", "9101", "9102"),
     "metrics_host": ("127.0.0.1", "10.0.0.2", "metrics-host"),
     "tracing": ("otel", "off", "otel"),
+    "max_deliveries": ("1", "2", "30"),
+    "dead_letter_queue": ("dl-file", "dl-env", "dl-flag"),
     "firehose_max_pool_connections": ("1", "2", "3"),
 }
 
@@ -609,6 +611,8 @@ BAD: dict[str, tuple[list[object], str]] = {
     "metrics_port": (["0", "-1", "70000", "x", "", 1.5, True], "port"),
     "metrics_host": (["http://host", "host:9100", "", 5, None], "host name"),
     "tracing": (["on", "datadog", "", True, None], "off, otel"),
+    "max_deliveries": (["0", "-1", "x", "1.5", "", 0, -1, 2.5, True, None], "positive whole"),
+    "dead_letter_queue": (["", "   ", 5, ["q"]], "non-empty string"),
     "firehose_max_pool_connections": (["0", "-1", "x", "", 0, -1, 1.5, None], "positive whole"),
 }
 

@@ -25,6 +25,7 @@ from celery.exceptions import Ignore
 
 from forwarder.backends.filesystem import FilesystemBackend
 from forwarder.client import ForwarderClient
+from forwarder.dead_letter import CrashLoopGuard
 from forwarder.echo_server import make_server
 from forwarder.errors import PayloadError, TaskCanceled, TaskDeadlineExceeded, TaskStopped
 from forwarder.forwarding import Forwarder
@@ -397,7 +398,9 @@ def test_a_failing_backend_is_logged_once_per_outage(
 
 
 def make_task(backend: Any, task_id: str = "task-1") -> Any:
-    request = SimpleNamespace(id=task_id, hostname="w@host", args=[{"args": {}}, None])
+    request = SimpleNamespace(
+        id=task_id, hostname="w@host", args=[{"args": {}}, None], kwargs={}, retries=0
+    )
     return SimpleNamespace(request=request, backend=backend)
 
 
@@ -405,7 +408,10 @@ def make_task(backend: Any, task_id: str = "task-1") -> Any:
 def control(backend: Any) -> tuple[TaskControl, list[tuple[str, TaskStopped]]]:
     stopped: list[tuple[str, TaskStopped]] = []
     control = TaskControl(
-        "prefork", lambda: backend, lambda task, error: stopped.append((task.request.id, error))
+        "prefork",
+        lambda: backend,
+        lambda task, error: stopped.append((task.request.id, error)),
+        CrashLoopGuard(5, "inference", "inference-dead-letter"),
     )
     return control, stopped
 

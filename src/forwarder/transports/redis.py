@@ -7,11 +7,18 @@ task finishes: the worker sat idle for up to 2 s each time it was saturated (64 
 long as the slots stay taken (10% of a core at a 2 ms poll). Here every ack or reject sets an
 event that the saturated consumer waits on, so it resumes the moment a slot frees and spends
 nothing while none does. The prefork pool's event loop does not use ``drain_events``.
+
+kombu sweeps the unacknowledged messages of dead consumers back into their queue (once their
+visibility timeout has passed) from the event loop's timer, or from ``drain_events`` only when a
+poll finds nothing at all; but an idle BRPOP times out with a reply every second, so a gevent
+worker never swept and a task whose worker died stayed unacknowledged until a prefork worker
+came. Here ``drain_events`` sweeps on the event loop's schedule (kombu scans every tenth call).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from kombu.transport import redis
@@ -40,8 +47,10 @@ class Transport(redis.Transport):
         super().__init__(*args, **kwargs)
         # Built after gevent's patching (when it patches), so this is a greenlet-aware event.
         self.slot_freed = threading.Event()
+        self._next_sweep = 0.0
 
     def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        self._maybe_sweep()
         self.slot_freed.clear()
         if self._saturated():
             self.slot_freed.wait(timeout)
@@ -49,6 +58,16 @@ class Transport(redis.Transport):
             # reads again, so a slot freed after SIGTERM is not filled with a new task.
             raise TimeoutError()
         return super().drain_events(connection, timeout=timeout, **kwargs)
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        # Redis's cycle is a MultiChannelPoller, not the FairCycle kombu's base class declares.
+        poller: Any = self.cycle
+        channels = getattr(poller, "_channels", ())
+        if now < self._next_sweep or not channels:
+            return
+        self._next_sweep = now + min(ch.unacked_restore_interval for ch in channels)
+        poller.maybe_restore_messages()
 
     def _saturated(self) -> bool:
         channels = getattr(self.cycle, "_channels", ())
