@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from forwarder import cli
+from forwarder import cli, cli_tasks
 from forwarder.errors import ConfigError
 from forwarder.gateway_settings import GatewaySettings
 from forwarder.settings import load_settings
@@ -187,15 +187,15 @@ def test_the_gateway_url_from_the_environment_gives_way_to_broker_flags(
     monkeypatch.setenv("FORWARDER_GATEWAY_URL", "http://127.0.0.1:8000")
     monkeypatch.setenv("FORWARDER_GATEWAY_TOKEN", TOKEN_A)
     parser = cli.build_parser()
-    assert cli._gateway_target(parser.parse_args(["get", "t"])) == (
+    assert cli_tasks._gateway_target(parser.parse_args(["get", "t"])) == (
         "http://127.0.0.1:8000",
         TOKEN_A,
     )
     assert (
-        cli._gateway_target(parser.parse_args(["get", "t", "--broker-url", "redis://h/0"])) is None
+        cli_tasks._gateway_target(parser.parse_args(["get", "t", "--broker-url", "redis://h/0"])) is None
     )
     flagged = parser.parse_args(["get", "t", "--token", TOKEN_B])
-    assert cli._gateway_target(flagged) == ("http://127.0.0.1:8000", TOKEN_B)
+    assert cli_tasks._gateway_target(flagged) == ("http://127.0.0.1:8000", TOKEN_B)
 
 
 def test_without_fastapi_the_gateway_says_what_to_install(
