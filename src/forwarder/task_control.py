@@ -254,8 +254,14 @@ class TaskControl:
         """End the task (``Ignore``) if canceled, expired or crash-looping; else store STARTED."""
         request = task.request
         backend = task.backend
-        admission = read_admission(
-            backend, cancel_key(backend, request.id), request.id, request.retries or 0
+        # Retried like Celery's own result stores (result_backend_always_retry): a backend that
+        # restarts must not fail the task before it has even reached the model server.
+        admission = backend._ensure_retryable(
+            read_admission,
+            backend,
+            cancel_key(backend, request.id),
+            request.id,
+            request.retries or 0,
         )
         # The marker first: a task a client canceled stays CANCELED even once it has expired.
         if admission.canceled:

@@ -1,0 +1,208 @@
+"""Faults in the processes around a run: each case counts submitted, stored, duplicated, lost.
+
+Marked ``faults`` (``pytest -m faults`` runs only these). The default counts keep the folder
+under ~3 minutes; ``FORWARDER_FAULTS_LONG=1`` adds the worker SIGKILL case (~100 s: it waits out
+a 60 s visibility timeout), ``FORWARDER_FAULTS_TASKS=1000`` runs every case with 1,000 tasks, and
+``FORWARDER_FAULTS_REPORT=FILE`` appends each case's counts to FILE (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwarder.localrun import Child, find_redis_server, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
+
+POOLS = ["prefork", "gevent"]
+
+
+def wait_stored(tally: Any, url: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tally.read(url)
+        if len(tally.stored) >= count:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{tally.case}: only {len(tally.stored)} of {count} stored after {timeout} s")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(
+    not os.environ.get("FORWARDER_FAULTS_LONG"),
+    reason="~100 s (a 60 s visibility timeout): set FORWARDER_FAULTS_LONG=1 to run it",
+)
+def test_worker_sigkill_mid_run_then_a_new_worker_loses_none(
+    procs: Any, redis_url: str, faults: Any
+) -> None:
+    """SIGKILL of the whole worker (main process and children) with tasks in flight.
+
+    The Redis transport keeps each delivered, unacknowledged message in its ``unacked`` set; a
+    later worker restores it once the visibility timeout (the shortest allowed: 60 s) has passed.
+    """
+    count = faults.scaled(200)
+    echo = procs.echo()
+    worker = procs.worker(
+        model_port=echo.port,
+        broker_url=redis_url,
+        queue="sigkill",
+        concurrency=4,
+        extra_args=["--task-visibility", "VISIBILITY_1M"],
+    )
+    client = procs.client(broker_url=redis_url, queue="sigkill")
+    tally = faults.Tally(f"worker SIGKILL mid-run (redis, prefork c=4, {count} tasks)")
+    faults.submit_all(client, tally, [{"args": {"n": n, "delay": 0.02}} for n in range(count)])
+    wait_stored(tally, redis_url, count // 3, timeout=60)
+    assert worker.stop(signal.SIGKILL, timeout=10) == -signal.SIGKILL
+    tally.read(redis_url)
+    at_kill = len(tally.stored)
+    assert at_kill < count, "the run finished before the kill: nothing was tested"
+
+    procs.worker(
+        model_port=echo.port,
+        broker_url=redis_url,
+        queue="sigkill",
+        concurrency=4,
+        extra_args=["--task-visibility", "VISIBILITY_1M"],
+    )
+    # 60 s of visibility timeout, kombu's restore pass (every 10 s), then the work itself.
+    tally.wait(redis_url, timeout=150)
+    tally.model_calls = echo.stats()["predict_requests"]
+    tally.report()
+    assert tally.lost == [], tally.line()
+    assert tally.states() == {"SUCCESS": count}, tally.failures()
+    # At-least-once: only the tasks in flight at the kill (at most one per process, prefetch 1,
+    # plus the one each had reserved) may have reached the model twice.
+    assert 0 <= tally.duplicates <= 8, tally.line()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pool", POOLS)
+def test_model_server_killed_and_restarted_mid_run(
+    pool: str, procs: Any, redis_url: str, faults: Any
+) -> None:
+    """SIGKILL of the model server with requests in flight, back on the same port 1 s later."""
+    count = faults.scaled(150)
+    echo = procs.echo()
+    procs.worker(
+        model_port=echo.port,
+        pool=pool,
+        broker_url=redis_url,
+        queue="model",
+        concurrency=4,
+        sets=["worker.retry_backoff_max_seconds=0.5"],
+    )
+    client = procs.client(broker_url=redis_url, queue="model")
+    tally = faults.Tally(f"model server SIGKILL + restart ({pool} c=4, {count} tasks)")
+    faults.submit_all(client, tally, [{"args": {"n": n, "delay": 0.02}} for n in range(count)])
+    wait_stored(tally, redis_url, count // 3, timeout=60)
+    before = echo.stats()["predict_requests"]
+    echo.kill()
+    tally.read(redis_url)
+    assert len(tally.stored) < count, "the run finished before the kill: nothing was tested"
+    time.sleep(1.0)
+    echo.start()  # same port; its request counter starts again from 0
+    tally.wait(redis_url, timeout=60)
+    tally.model_calls = before + echo.stats()["predict_requests"]
+    tally.report()
+    assert tally.lost == [], tally.line()
+    assert tally.states() == {"SUCCESS": count}, tally.failures()
+    # A request the killed server had read but not answered is sent again: at most one per slot.
+    assert 0 <= tally.duplicates <= 4, tally.line()
+
+
+def _redis_command(port: int, folder: Path) -> list[str]:
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server not found")
+    return [
+        binary,
+        *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)),
+        *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+    ]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("pool", POOLS)
+def test_redis_restarted_with_persistence_mid_run(
+    pool: str, procs: Any, tmp_path: Path, faults: Any
+) -> None:
+    """redis-server (append-only file on) stopped and started again on its port mid-run."""
+    count = faults.scaled(150)
+    port = free_port()
+    folder = tmp_path / "redis-aof"
+    folder.mkdir()
+    server = Child(_redis_command(port, folder), folder / "redis.log")
+    try:
+        server.wait_for("Ready to accept connections", 15)
+        url = f"redis://127.0.0.1:{port}/0"
+        echo = procs.echo()
+        # A message the worker held when the connection dropped is acknowledged on a channel
+        # that is gone: it stays in Redis's unacked set until the visibility timeout has passed.
+        worker = procs.worker(
+            model_port=echo.port,
+            pool=pool,
+            broker_url=url,
+            queue="restart",
+            concurrency=4,
+            extra_args=["--task-visibility", "VISIBILITY_1M"],
+        )
+        client = procs.client(broker_url=url, queue="restart")
+        tally = faults.Tally(f"redis-server restart, AOF on ({pool} c=4, {count} tasks)")
+        payloads = [{"args": {"n": n, "delay": 0.02}} for n in range(count)]
+        faults.submit_all(client, tally, payloads)
+        wait_stored(tally, url, count // 3, timeout=60)
+        assert server.stop(signal.SIGTERM, timeout=15) == 0
+        time.sleep(1.0)
+        server = Child(_redis_command(port, folder), folder / "redis.log")
+        server.wait_for("Ready to accept connections", 15)
+        # Seconds normally; 60 s of visibility timeout and kombu's restore pass when a message
+        # was stranded in the unacked set.
+        tally.wait(url, timeout=150)
+        tally.model_calls = echo.stats()["predict_requests"]
+        tally.report()
+        assert worker.running, worker.log()[-3000:]
+        assert tally.lost == [], tally.line()
+        assert tally.states() == {"SUCCESS": count}, tally.failures()
+        assert 0 <= tally.duplicates <= 8, tally.line()
+    finally:
+        server.stop(signal.SIGTERM, timeout=15)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pool", POOLS)
+def test_sigterm_under_load_finishes_in_flight_and_loses_none(
+    pool: str, procs: Any, redis_url: str, faults: Any
+) -> None:
+    count = faults.scaled(150)
+    echo = procs.echo()
+    first = procs.worker(
+        model_port=echo.port, pool=pool, broker_url=redis_url, queue="term", concurrency=4
+    )
+    client = procs.client(broker_url=redis_url, queue="term")
+    tally = faults.Tally(f"SIGTERM under load ({pool} c=4, {count} tasks)")
+    faults.submit_all(client, tally, [{"args": {"n": n, "delay": 0.05}} for n in range(count)])
+    wait_stored(tally, redis_url, count // 3, timeout=60)
+    assert first.stop(signal.SIGTERM, timeout=30) == 0, first.log()[-3000:]
+    tally.read(redis_url)
+    assert len(tally.stored) < count, "the run finished before the stop: nothing was tested"
+    # Every task the stopping worker started, it finished: none is left STARTED without a worker.
+    started = [t for t in tally.submitted if f"[{t}] received" in first.log()]
+    unfinished = [t for t in started if t not in tally.stored]
+    assert len(unfinished) <= 8, "more left over than one reserved message per slot"
+    calls_first = echo.stats()["predict_requests"]
+    assert calls_first == len(tally.stored), "the stopping worker called the model without storing"
+
+    procs.worker(model_port=echo.port, pool=pool, broker_url=redis_url, queue="term", concurrency=4)
+    tally.wait(redis_url, timeout=60)
+    tally.model_calls = echo.stats()["predict_requests"]
+    tally.report()
+    assert tally.lost == [], tally.line()
+    assert tally.states() == {"SUCCESS": count}, tally.failures()
+    assert tally.duplicates == 0, tally.line()

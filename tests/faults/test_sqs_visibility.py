@@ -1,0 +1,71 @@
+"""SQS (moto) with a queue visibility timeout shorter than the task: what happens, counted.
+
+kombu's SQS transport receives without a ``VisibilityTimeout`` of its own for predefined queues,
+so the queue's attribute applies; ``--task-visibility`` is not sent to SQS on receive. A task
+still running when that timeout passes becomes visible again and another slot (or worker) takes
+it: the model is called twice for one task. The forwarder does not yet extend the visibility of
+a running task; the strict xfail below turns into a failure the day it does, to be flipped.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
+
+VISIBILITY_SECONDS = 2
+TASK_SECONDS = 5
+
+
+@pytest.fixture
+def aws_env(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name, value in moto.env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    return moto
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.xfail(
+    strict=True,
+    reason="a running task's SQS visibility is not extended: it is redelivered and run again",
+)
+def test_sqs_visibility_shorter_than_the_task(
+    aws_env: Any, procs: Any, redis_url: str, faults: Any
+) -> None:
+    count = 3
+    sqs = aws_env.client("sqs")
+    queue_url = sqs.create_queue(
+        QueueName="short", Attributes={"VisibilityTimeout": str(VISIBILITY_SECONDS)}
+    )["QueueUrl"]
+    flags = {"--sqs-url": queue_url, "--result-backend": redis_url}
+    echo = procs.echo()
+    procs.worker(
+        model_port=echo.port,
+        pool="gevent",
+        queue="short",
+        concurrency=count * 2,  # free slots, so a redelivered message is taken at once
+        env=aws_env.env,
+        extra_args=[item for pair in flags.items() for item in pair],
+    )
+    client = procs.client(queue="short", extra_flags=flags)
+    tally = faults.Tally(
+        f"SQS visibility {VISIBILITY_SECONDS} s < task {TASK_SECONDS} s (gevent, {count} tasks)"
+    )
+    faults.submit_all(
+        client, tally, [{"args": {"n": n, "delay": TASK_SECONDS}} for n in range(count)]
+    )
+    tally.wait(redis_url, timeout=40)
+    # Let a redelivery that is still running reach the model server before counting.
+    tally.model_calls = echo.stats()["predict_requests"]
+    tally.report()
+    if os.environ.get("FORWARDER_FAULTS_REPORT"):
+        print(f"  model calls {tally.model_calls} for {count} tasks")
+    assert tally.lost == [], tally.line()
+    assert tally.states() == {"SUCCESS": count}, tally.failures()
+    assert tally.duplicates == 0, tally.line()
