@@ -192,7 +192,8 @@ def test_the_gateway_url_from_the_environment_gives_way_to_broker_flags(
         TOKEN_A,
     )
     assert (
-        cli_tasks._gateway_target(parser.parse_args(["get", "t", "--broker-url", "redis://h/0"])) is None
+        cli_tasks._gateway_target(parser.parse_args(["get", "t", "--broker-url", "redis://h/0"]))
+        is None
     )
     flagged = parser.parse_args(["get", "t", "--token", TOKEN_B])
     assert cli_tasks._gateway_target(flagged) == ("http://127.0.0.1:8000", TOKEN_B)
