@@ -128,6 +128,10 @@ def create_worker_app(
 ) -> Celery:
     """A Celery app with the forwarding task registered under both task names."""
     app = celery_app(settings)
+    if settings.worker.sqs_url:
+        from forwarder.sqs_visibility import KeepVisible
+
+        app.steps["consumer"].add(KeepVisible)
     retries = settings.worker.model_retries
     backoff_cap = settings.worker.retry_backoff_max_seconds
     queue = settings.worker.queue
