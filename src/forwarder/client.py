@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +29,7 @@ from forwarder.task_control import (
 )
 from forwarder.worker import LIRA_TASK_NAME
 
-__all__ = ["FINAL_STATES", "ForwarderClient", "TaskResult"]
+__all__ = ["FINAL_STATES", "ForwarderClient", "TaskResult", "wait_for_final"]
 
 # A task in these states is in no worker's hands: a cancel can store CANCELED at once.
 _NOT_RUNNING = frozenset({states.PENDING, states.RETRY})
@@ -67,6 +68,22 @@ class TaskResult:
             "traceback": self.traceback,
             "status_code": self.status_code,
         }
+
+
+def wait_for_final(
+    get: Callable[[str], TaskResult], task_id: str, timeout: float, poll: float
+) -> TaskResult:
+    """Poll ``get`` until the task is final, backing off to a second; ``TaskWaitTimeout`` after."""
+    deadline = time.monotonic() + timeout
+    interval = poll
+    while True:
+        current = get(task_id)
+        if current.ready:
+            return current
+        if time.monotonic() >= deadline:
+            raise TaskWaitTimeout(f"task {task_id} still {current.status} after {timeout:g} s")
+        time.sleep(interval)
+        interval = min(interval * 1.5, 1.0)
 
 
 class ForwarderClient:
@@ -157,16 +174,7 @@ class ForwarderClient:
 
     def wait(self, task_id: str, timeout: float = 60.0, poll: float = 0.05) -> TaskResult:
         """Poll until the task is ready; raise ``TaskWaitTimeout`` after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        interval = poll
-        while True:
-            current = self.get(task_id)
-            if current.ready:
-                return current
-            if time.monotonic() >= deadline:
-                raise TaskWaitTimeout(f"task {task_id} still {current.status} after {timeout:g} s")
-            time.sleep(interval)
-            interval = min(interval * 1.5, 1.0)
+        return wait_for_final(self.get, task_id, timeout, poll)
 
     def close(self) -> None:
         self.app.close()

@@ -7,14 +7,13 @@ model-engine's does), and this client puts it back, so either client's result re
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
-from forwarder.client import TaskResult
-from forwarder.errors import GatewayError, TaskWaitTimeout
+from forwarder.client import TaskResult, wait_for_final
+from forwarder.errors import GatewayError
 
 __all__ = ["GatewayClient"]
 
@@ -83,16 +82,7 @@ class GatewayClient:
 
     def wait(self, task_id: str, timeout: float = 60.0, poll: float = 0.05) -> TaskResult:
         """Poll until the task is final; raise ``TaskWaitTimeout`` after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        interval = poll
-        while True:
-            current = self.get(task_id)
-            if current.ready:
-                return current
-            if time.monotonic() >= deadline:
-                raise TaskWaitTimeout(f"task {task_id} still {current.status} after {timeout:g} s")
-            time.sleep(interval)
-            interval = min(interval * 1.5, 1.0)
+        return wait_for_final(self.get, task_id, timeout, poll)
 
     def close(self) -> None:
         self.session.close()

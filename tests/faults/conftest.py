@@ -38,6 +38,7 @@ redis_url = integration.redis_url
 callback_receiver = integration.callback_receiver
 moto_server = integration.moto_server
 moto = integration.moto
+moto_here = integration.moto_here
 helpers = integration.helpers
 
 FINAL_STATES = integration.FINAL_STATES

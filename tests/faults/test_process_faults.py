@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from forwarder.localrun import Child, find_redis_server, free_port
 
@@ -128,6 +129,13 @@ def _redis_command(port: int, folder: Path) -> list[str]:
     ]
 
 
+def _vanished(url: str, queue: str, task_ids: list[str]) -> list[str]:
+    """Of ``task_ids``, those whose message is neither in ``queue`` nor unacknowledged."""
+    with redis.Redis.from_url(url, socket_timeout=5) as conn:
+        held = b"".join([*conn.lrange(queue, 0, -1), *conn.hvals("unacked")])
+    return [task_id for task_id in task_ids if task_id.encode() not in held]
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("pool", POOLS)
 def test_redis_restarted_with_persistence_mid_run(
@@ -168,6 +176,12 @@ def test_redis_restarted_with_persistence_mid_run(
         tally.model_calls = echo.stats()["predict_requests"]
         tally.report()
         assert worker.running, worker.log()[-3000:]
+        vanished = _vanished(url, "restart", tally.lost)
+        if tally.lost and vanished == tally.lost:
+            # kombu's Redis transport pops a message (BRPOP) and records it as unacknowledged in
+            # a second command: Redis going down between the two loses it. Reported only when
+            # every lost task is in neither the queue nor the unacked set (docs/reliability.md).
+            pytest.xfail(f"taken by BRPOP as Redis went down, never recorded: {tally.line()}")
         assert tally.lost == [], tally.line()
         assert tally.states() == {"SUCCESS": count}, tally.failures()
         assert 0 <= tally.duplicates <= 8, tally.line()

@@ -21,13 +21,8 @@ TASK_SECONDS = 5
 
 
 @pytest.fixture
-def aws_env(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name, value in moto.env.items():
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
-    return moto
+def aws_env(moto_here: Any) -> Any:
+    return moto_here
 
 
 @pytest.mark.timeout(90)

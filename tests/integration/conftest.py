@@ -602,6 +602,17 @@ def moto(moto_server: MotoServer) -> MotoServer:
     return moto_server
 
 
+@pytest.fixture
+def moto_here(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """``moto``, also behind this test process's AWS clients (they read the environment)."""
+    for name, value in moto.env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    return moto
+
+
 def stored_meta(url: str, task_id: str) -> dict[str, Any] | None:
     """The raw JSON Celery stored for the task, read straight from Redis."""
     with redis.Redis.from_url(url, socket_timeout=5) as conn:

@@ -26,14 +26,9 @@ PREFIX = "forwarder/tasks"
 
 
 @pytest.fixture
-def aws(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+def aws(moto_here: Any) -> Any:
     """moto, also behind this process's AWS clients (the forwarder's client reads the env)."""
-    for name, value in moto.env.items():
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
-    return moto
+    return moto_here
 
 
 @pytest.fixture

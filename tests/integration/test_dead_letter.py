@@ -201,14 +201,10 @@ def test_gevent_worker_killed_every_time_is_dead_lettered(
 
 @pytest.mark.timeout(60)
 def test_sqs_with_s3_results_dead_letters_to_a_sibling_queue(
-    procs: Any, moto: Any, monkeypatch: pytest.MonkeyPatch, helpers: Any
+    procs: Any, moto_here: Any, helpers: Any
 ) -> None:
     """The count's read-modify-write on S3; the copy goes to the SQS queue named after ours."""
-    for name, value in moto.env.items():
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
+    moto = moto_here
     queue = "poison-sqs"
     sqs, s3 = moto.client("sqs"), moto.client("s3")
     queue_url = sqs.create_queue(QueueName=queue)["QueueUrl"]

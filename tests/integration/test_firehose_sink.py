@@ -28,13 +28,9 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/forwarder-logging"
 
 
 @pytest.fixture
-def moto_env(moto: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+def moto_env(moto_here: Any) -> Any:
     """This process's AWS clients pointed at moto; the bucket and the delivery stream made."""
-    for name, value in moto.env.items():
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
+    moto = moto_here
     moto.firehose_to_s3(STREAM, BUCKET)
     return moto
 

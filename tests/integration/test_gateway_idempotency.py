@@ -36,12 +36,7 @@ def store(
     if request.param == "redis":
         made = RedisStore(request.getfixturevalue("redis_url"))
     elif request.param == "s3":
-        moto: Any = request.getfixturevalue("moto")
-        for name, value in moto.env.items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
+        moto: Any = request.getfixturevalue("moto_here")
         moto.client("s3").create_bucket(Bucket=BUCKET)
         made = S3Store(f"s3://{BUCKET}/results")
     else:

@@ -226,13 +226,9 @@ def test_ttl_and_cancel_on_the_embedded_broker(procs: Any, tmp_path: Path, helpe
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pool", POOLS)
 def test_ttl_deadline_and_cancel_on_sqs_with_s3_results(
-    pool: str, moto: Any, procs: Any, monkeypatch: pytest.MonkeyPatch, helpers: Any
+    pool: str, moto_here: Any, procs: Any, helpers: Any
 ) -> None:
-    for name, value in moto.env.items():
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
+    moto = moto_here
     queue_url = moto.client("sqs").create_queue(QueueName="limits")["QueueUrl"]
     moto.client("s3").create_bucket(Bucket="results")
     flags = {"--sqs-url": queue_url, "--result-backend": "s3://results/tasks"}
