@@ -29,7 +29,7 @@ from forwarder.task_control import (
 )
 from forwarder.worker import LIRA_TASK_NAME
 
-__all__ = ["FINAL_STATES", "ForwarderClient", "TaskResult", "wait_for_final"]
+__all__ = ["FINAL_STATES", "ForwarderClient", "TaskResult"]
 
 # A task in these states is in no worker's hands: a cancel can store CANCELED at once.
 _NOT_RUNNING = frozenset({states.PENDING, states.RETRY})
