@@ -6,7 +6,8 @@ and would be delivered forever. Each delivery is counted before forwarding, in t
 backend's key/value store under ``forwarder-deliveries-<task id>-<retries>``. A retry after the
 model server was unavailable is a new message with one more ``retries``, so it starts a new
 count: only deliveries that never finished add up. On Redis the count is an INCR (expiring with
-the results), pipelined with the cancel-marker read, so admission stays one round trip. Other
+the results) in one script with the cancel-marker read and the STARTED store, so admission stays
+one round trip. Other
 backends (file, S3) read the marker and the count in one ``mget`` and write the count back: one
 more call per task, and not atomic, which is harmless here because a task is redelivered only
 once the worker that had it has gone.
@@ -20,12 +21,14 @@ forgotten, and removes them from the dead-letter queue.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from celery.backends.redis import RedisBackend
+from celery import states
 
+from forwarder.backends.redis import RedisBackend
 from forwarder.errors import DeadLettered
 from forwarder.tracing import TRACE_KEYS
 
@@ -34,6 +37,7 @@ __all__ = [
     "Admission",
     "CrashLoopGuard",
     "DeadLetter",
+    "StartingTask",
     "deliveries_key",
     "read_admission",
 ]
@@ -51,18 +55,48 @@ def deliveries_key(backend: Any, task_id: str, retries: int) -> Any:
 class Admission:
     canceled: bool
     deliveries: int  # this one included
+    started_stored: bool = False  # STARTED was stored in the same round trip
 
 
-def read_admission(backend: Any, marker_key: Any, task_id: str, retries: int) -> Admission:
-    """Read the cancel marker and count this delivery: one round trip on Redis."""
+@dataclass(frozen=True)
+class StartingTask:
+    """What a delivery that may start stores as STARTED, and how many deliveries are allowed."""
+
+    result: dict[str, Any]
+    request: Any
+    max_deliveries: int
+
+
+def read_admission(
+    backend: Any,
+    marker_key: Any,
+    task_id: str,
+    retries: int,
+    starting: StartingTask | None = None,
+) -> Admission:
+    """Read the cancel marker and count this delivery: one round trip on Redis.
+
+    On Redis, STARTED (``starting``, None for a task that may not start) is stored in that same
+    round trip when the task is not canceled and under its deliveries cap; other backends leave
+    it to the caller.
+    """
     count_key = deliveries_key(backend, task_id, retries)
+    count_seconds = math.ceil(backend.expires or DEFAULT_COUNT_SECONDS)
     if isinstance(backend, RedisBackend):
-        pipe = backend.client.pipeline(transaction=False)
-        pipe.get(marker_key)
-        pipe.incr(count_key)
-        pipe.expire(count_key, backend.expires or DEFAULT_COUNT_SECONDS)
-        marker, deliveries, _ = pipe.execute()
-        return Admission(marker is not None, int(deliveries))
+        started_meta = (
+            backend.encoded_meta(task_id, starting.result, states.STARTED, request=starting.request)
+            if starting is not None
+            else ""
+        )
+        canceled, deliveries, started = backend.admit(
+            marker_key,
+            count_key,
+            count_seconds,
+            starting.max_deliveries if starting is not None else 0,
+            task_id,
+            started_meta,
+        )
+        return Admission(canceled, deliveries, started)
     marker, stored = list(backend.mget([marker_key, count_key]))
     deliveries = _count(stored) + 1
     backend.set(count_key, str(deliveries))

@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 from celery import states
 from celery.exceptions import Ignore
 
-from forwarder.dead_letter import CrashLoopGuard, read_admission
+from forwarder.dead_letter import CrashLoopGuard, StartingTask, read_admission
 from forwarder.errors import (
     PayloadError,
     TaskCanceled,
@@ -256,29 +256,31 @@ class TaskControl:
         backend = task.backend
         # Retried like Celery's own result stores (result_backend_always_retry): a backend that
         # restarts must not fail the task before it has even reached the model server.
+        expired = limits.expired(time.time())
+        starting = StartingTask(
+            {"pid": os.getpid(), "hostname": request.hostname},
+            request,
+            self.crash_loop.max_deliveries,
+        )
         admission = backend._ensure_retryable(
             read_admission,
             backend,
             cancel_key(backend, request.id),
             request.id,
             request.retries or 0,
+            starting if expired is None else None,
         )
         # The marker first: a task a client canceled stays CANCELED even once it has expired.
         if admission.canceled:
             self.stop(task, TaskCanceled(CANCELED_QUEUED))
-        expired = limits.expired(time.time())
         if expired is not None:
             self.stop(task, expired)
         # After the TTL: an expired task would only expire again if replayed.
         dead_lettered = self.crash_loop.check(task, admission.deliveries)
         if dead_lettered is not None:
             self.stop(task, dead_lettered)
-        task.backend.store_result(
-            request.id,
-            {"pid": os.getpid(), "hostname": request.hostname},
-            states.STARTED,
-            request=request,
-        )
+        if not admission.started_stored:
+            backend.store_result(request.id, starting.result, states.STARTED, request=request)
 
     @contextmanager
     def interruptible(self, task: Any, limits: TaskLimits) -> Iterator[None]:

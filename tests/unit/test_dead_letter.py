@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore
 
 from forwarder.backends.filesystem import FilesystemBackend
@@ -23,7 +22,6 @@ from forwarder.dead_letter import (
     Admission,
     CrashLoopGuard,
     DeadLetter,
-    deliveries_key,
     read_admission,
 )
 from forwarder.dead_letter_queue import open_dead_letters, replay
@@ -59,63 +57,6 @@ def test_each_delivery_is_counted_per_task_and_per_retry(file_backend: Any) -> N
     assert admit(file_backend, "a").canceled is False
     file_backend.set(cancel_key(file_backend, "a"), "{}")
     assert admit(file_backend, "a") == Admission(canceled=True, deliveries=5)
-
-
-class FakePipeline:
-    def __init__(self, client: FakeRedis) -> None:
-        self.client = client
-        self.commands: list[tuple[str, Any]] = []
-
-    def get(self, key: Any) -> FakePipeline:
-        self.commands.append(("get", key))
-        return self
-
-    def incr(self, key: Any) -> FakePipeline:
-        self.commands.append(("incr", key))
-        return self
-
-    def expire(self, key: Any, seconds: int) -> FakePipeline:
-        self.commands.append(("expire", (key, seconds)))
-        return self
-
-    def execute(self) -> list[Any]:
-        self.client.round_trips += 1
-        replies: list[Any] = []
-        for name, arg in self.commands:
-            if name == "get":
-                replies.append(self.client.data.get(arg))
-            elif name == "incr":
-                self.client.data[arg] = int(self.client.data.get(arg, 0)) + 1
-                replies.append(self.client.data[arg])
-            else:
-                self.client.expiries[arg[0]] = arg[1]
-                replies.append(True)
-        return replies
-
-
-class FakeRedis:
-    def __init__(self) -> None:
-        self.data: dict[Any, Any] = {}
-        self.expiries: dict[Any, int] = {}
-        self.round_trips = 0
-
-    def pipeline(self, transaction: bool = True) -> FakePipeline:
-        return FakePipeline(self)
-
-
-def test_on_redis_the_marker_read_and_the_count_are_one_round_trip() -> None:
-    app = Celery("t", set_as_current=False, backend="redis://127.0.0.1:1/0")
-    backend = RedisBackend(app=app, url="redis://127.0.0.1:1/0", expires=3600)
-    fake = FakeRedis()
-    backend.__dict__["client"] = fake  # the backend's lazily built client
-    try:
-        assert admit(backend, "t").deliveries == 1
-        fake.data[cancel_key(backend, "t")] = b"{}"
-        assert (admit(backend, "t").canceled, admit(backend, "t").deliveries) == (True, 3)
-        assert fake.round_trips == 3
-        assert fake.expiries == {deliveries_key(backend, "t", 0): 3600}
-    finally:
-        app.close()
 
 
 class Producer:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import urllib3
 
 from forwarder import forwarding
 from forwarder.echo_server import EchoServer, make_server
@@ -596,7 +597,22 @@ def test_forwarder_settings_are_used(server: EchoServer) -> None:
     forward = Forwarder(model, connect_timeout=1.5, read_timeout=7.0, pool_size=3)
     assert forward.model is model
     assert forward.timeout == (1.5, 7.0)
-    adapter = forward.session().get_adapter(model.predict_url)
-    assert adapter._pool_maxsize == 3  # type: ignore[attr-defined]
-    assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
+    pool = forward.session().connection_from_url(model.predict_url)
+    assert pool.pool is not None and pool.pool.maxsize == 3
+    assert isinstance(pool.retries, urllib3.Retry) and pool.retries.total is False
+    assert isinstance(pool.timeout, urllib3.Timeout)
+    assert (pool.timeout.connect_timeout, pool.timeout.read_timeout) == (1.5, 7.0)
     assert dataclasses.replace(model, user_port=1).predict_url == f"http://{HOST}:1/predict"
+
+
+def test_a_proxy_in_the_environment_is_used(
+    server: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    proxied = make_forwarder(server.server_port).session()
+    assert isinstance(proxied, urllib3.ProxyManager)
+    assert proxied.proxy is not None and proxied.proxy.host == "proxy.invalid"
+    monkeypatch.setenv("NO_PROXY", HOST)
+    assert not isinstance(make_forwarder(server.server_port).session(), urllib3.ProxyManager)
