@@ -41,4 +41,16 @@ def test_hook_cost_benchmark_short_mode_reports() -> None:
     assert 0 < float(calls) < 1  # batched: fewer calls than records
     assert int(builds) >= 1
     assert failed == "0"
-    assert "records in the bucket: 41 of 41 sent" in completed.stdout
+    baseline = re.findall(
+        r"^\| gevent \| (cached|per-task) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| (.+?) \| (\d+) \|$",
+        completed.stdout,
+        re.M,
+    )
+    assert [row[0] for row in baseline] == ["cached", "per-task"], completed.stdout
+    for mode, per_second, firehose_ms, calls, assume_role, failed in baseline:
+        assert int(per_second) > 0 and float(firehose_ms) > 0
+        assert calls == "1.0000"  # one put_record per task, by construction
+        assert assume_role == ("1" if mode == "cached" else "40")
+        assert failed == "0"
+    # 40 tasks for each of ours, the cached baseline and the per-task baseline.
+    assert "records in the bucket: 120 of 120 sent" in completed.stdout
