@@ -29,6 +29,7 @@ from forwarder.client import FINAL_STATES, ForwarderClient
 from forwarder.settings import load_settings
 
 CHUNK = 1000
+STALL_SECONDS = 120.0
 
 
 @contextmanager
@@ -77,20 +78,35 @@ def stored(stack: Stack, ids: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def wait_results(
-    stack: Stack, ids: list[str], timeout: float, alive: Callable[[], bool] | None = None
+    stack: Stack,
+    ids: list[str],
+    timeout: float,
+    alive: Callable[[], bool] | None = None,
+    stall_seconds: float = STALL_SECONDS,
 ) -> dict[str, dict[str, Any]]:
-    """Every task's final meta, polling only the ones not final yet; stops at ``timeout``."""
+    """Every task's final meta, polling only the ones not final yet.
+
+    Stops at ``timeout``, or once no task has finished for ``stall_seconds``: a worker that lost
+    track of a task (plain Celery refusing an ack) would otherwise hold the run until the timeout.
+    """
     done: dict[str, dict[str, Any]] = {}
     pending = list(ids)
-    deadline = time.monotonic() + timeout
+    now = time.monotonic()
+    deadline, last_progress = now + timeout, now
     with progress(f"waiting for {len(ids)} results", len(ids)) as (bar, task):
-        while pending and time.monotonic() < deadline and (alive is None or alive()):
+        while pending and now < deadline and now - last_progress < stall_seconds:
+            if alive is not None and not alive():
+                break
             metas = stored(stack, pending)
-            done |= {i: m for i, m in metas.items() if m.get("status") in FINAL_STATES}
-            pending = [i for i in pending if i not in done]
+            finished = {i: m for i, m in metas.items() if m.get("status") in FINAL_STATES}
+            if finished:
+                done |= finished
+                pending = [i for i in pending if i not in done]
+                last_progress = time.monotonic()
             bar.update(task, completed=len(done))
             if pending:
                 time.sleep(0.2)
+            now = time.monotonic()
     return done
 
 

@@ -5,6 +5,7 @@ comparing our worker with the plain-Celery baseline (``baseline_app.py``) measur
 on the same machine, and writes into ``--out``: ``results.json`` (every raw figure and the
 machine), ``tables.md`` (a table per stage and the targets, met or not) and the PNG charts.
 The full run takes about 50 minutes; ``--short`` runs every stage with tiny sizes in about two.
+Tasks a worker never finishes are counted failed once none has finished for two minutes.
 
     .venv/bin/python bench/run_all.py --out docs/benchmarks
     .venv/bin/python bench/run_all.py --short --out /tmp/bench

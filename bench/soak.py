@@ -27,10 +27,9 @@ from harness import (
     start_worker,
     tree_memory,
 )
-from load import CHUNK, client_for, progress, submit, wait_results
+from load import CHUNK, STALL_SECONDS, client_for, progress, submit, wait_results
 
 MODES = ("forwarder-prefork", "forwarder-gevent", "per-task-client")
-STALL_SECONDS = 120.0
 
 
 def mode_spec(mode: str, concurrency: int) -> WorkerSpec:

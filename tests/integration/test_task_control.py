@@ -242,10 +242,13 @@ def test_ttl_deadline_and_cancel_on_sqs_with_s3_results(
     )
     client = procs.client(queue="limits", extra_flags=flags)
 
-    busy = client.submit({"args": {"delay": 2}}, timeout_seconds=0.5)
+    busy = client.submit({"args": {"delay": 3}}, timeout_seconds=1.5)
     wait_started(client, echo, busy, helpers)
     stale = client.submit({"args": {"n": "stale"}}, ttl_seconds=0.3)
     queued = client.submit({"args": {"n": "queued"}})
+    time.sleep(0.4)
+    # The one slot is still taken, so the stale task starts only after its TTL has passed.
+    assert client.get(busy).status == "STARTED"
     assert client.cancel(queued).status == "CANCELED"
     assert client.wait(busy, timeout=10).status == "TIMEOUT"
     assert client.wait(stale, timeout=10).status == "EXPIRED"
