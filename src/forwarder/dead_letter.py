@@ -7,10 +7,9 @@ backend's key/value store under ``forwarder-deliveries-<task id>-<retries>``. A 
 model server was unavailable is a new message with one more ``retries``, so it starts a new
 count: only deliveries that never finished add up. On Redis the count is an INCR (expiring with
 the results) in one script with the cancel-marker read and the STARTED store, so admission stays
-one round trip. Other
-backends (file, S3) read the marker and the count in one ``mget`` and write the count back: one
-more call per task, and not atomic, which is harmless here because a task is redelivered only
-once the worker that had it has gone.
+one round trip. Other backends (file, S3) read the marker and the count in one ``mget`` and write
+the count back: one more call per task, and not atomic, which is harmless here because a task is
+redelivered only once the worker that had it has gone.
 
 The delivery after ``max_deliveries`` is not forwarded: a copy of the task (name, args, kwargs,
 id, trace headers; plain JSON) goes to the dead-letter queue on the same broker, and the task ends
@@ -81,7 +80,6 @@ def read_admission(
     it to the caller.
     """
     count_key = deliveries_key(backend, task_id, retries)
-    count_seconds = math.ceil(backend.expires or DEFAULT_COUNT_SECONDS)
     if isinstance(backend, RedisBackend):
         started_meta = (
             backend.encoded_meta(task_id, starting.result, states.STARTED, request=starting.request)
@@ -91,7 +89,7 @@ def read_admission(
         canceled, deliveries, started = backend.admit(
             marker_key,
             count_key,
-            count_seconds,
+            math.ceil(backend.expires or DEFAULT_COUNT_SECONDS),
             starting.max_deliveries if starting is not None else 0,
             task_id,
             started_meta,
