@@ -111,7 +111,7 @@ def main() -> None:
     for label, row in rows:
         print(
             f"| {label} | {row['count'] / row['elapsed']:.0f} | {1000 * row['p50']:.2f} "
-            f"| {1000 * row['p99']:.2f} | {1000 * row['max']:.1f} "
+            f"| {1000 * row['p99']:.2f} | {1000 * row['max']:.2f} "
             f"| {1000 * row['cpu'] / row['count']:.2f} | {len(row['failures'])} |"
         )
 
