@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import requests
 
-from forwarder.localrun import HOST, start_forwarder, start_redis
+from forwarder.devtools.localrun import HOST, start_forwarder, start_redis
 
 BODY = {"args": {"prompt": "hello", "max_tokens": 16}, "ttl_seconds": 600}
 WARMUP_REQUESTS = 50

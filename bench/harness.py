@@ -25,7 +25,7 @@ import psutil
 import redis
 import yaml
 
-from forwarder.localrun import (
+from forwarder.devtools.localrun import (
     HOST,
     Child,
     aws_environment,

@@ -25,8 +25,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from forwarder.client import FINAL_STATES, ForwarderClient
-from forwarder.settings import load_settings
+from forwarder.client.broker import FINAL_STATES, ForwarderClient
+from forwarder.config.settings import load_settings
 
 CHUNK = 1000
 STALL_SECONDS = 120.0

@@ -9,7 +9,7 @@ raises "cannot release un-acquired lock").
 
 import sys
 
-from forwarder.cli import main as cli_main
+from forwarder.cli.commands import main as cli_main
 
 
 def main() -> None:

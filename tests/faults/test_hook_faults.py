@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from forwarder.localrun import aws_environment, free_port
+from forwarder.devtools.localrun import aws_environment, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 

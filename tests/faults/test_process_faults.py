@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from forwarder.localrun import Child, find_redis_server, free_port
+from forwarder.devtools.localrun import Child, find_redis_server, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 

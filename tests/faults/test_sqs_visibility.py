@@ -3,7 +3,7 @@
 kombu's SQS transport receives without a ``VisibilityTimeout`` of its own for predefined queues,
 so the queue's attribute applies; ``--task-visibility`` is not sent to SQS on receive. A task
 still running when that timeout passes would become visible again and another slot (or worker)
-would take it: before ``forwarder.sqs_visibility``, 3 tasks of 5 s on a 2 s queue made 7 model
+would take it: before ``forwarder.celery_ext.sqs_visibility``, 3 tasks of 5 s on a 2 s queue made 7 model
 calls. The worker now renews the visibility of what it holds: one model call per task.
 """
 

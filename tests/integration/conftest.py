@@ -2,7 +2,7 @@
 
 Everything listens on 127.0.0.1 only. Every wait is bounded in time; every process a test starts
 runs in its own session (process group), and teardown kills whatever is left of that group.
-The processes themselves are ``forwarder.localrun`` children; what is here is the tests' part:
+The processes themselves are ``forwarder.devtools.localrun`` children; what is here is the tests' part:
 failing the test with the log, a clean environment, one Redis database per test.
 """
 
@@ -29,8 +29,9 @@ import psutil
 import pytest
 import redis
 
-from forwarder.client import ForwarderClient, TaskResult
-from forwarder.localrun import (
+from forwarder.client.broker import ForwarderClient, TaskResult
+from forwarder.config.settings import load_settings
+from forwarder.devtools.localrun import (
     HOST,
     Child,
     aws_environment,
@@ -42,7 +43,6 @@ from forwarder.localrun import (
     start_moto,
     start_redis,
 )
-from forwarder.settings import load_settings
 
 READY_RE = re.compile(r"celery@\S+ ready\.")
 GATEWAY_RE = re.compile(r"gateway listening on (http://127\.0\.0\.1:\d+)")

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import trustme
 
+from forwarder.config.hooks import BasicAuth, CallbackSettings, MtlsAuth
 from forwarder.errors import CallbackError
-from forwarder.hook_settings import BasicAuth, CallbackSettings, MtlsAuth
 from forwarder.hooks.base import TaskOutcome
 from forwarder.hooks.callback import CallbackHook
 
@@ -415,7 +415,7 @@ def test_gevent_greenlets_call_at_once(
         monkey.patch_all()
         import json, time
         import gevent.pool
-        from forwarder.hook_settings import CallbackSettings, MtlsAuth
+        from forwarder.config.hooks import CallbackSettings, MtlsAuth
         from forwarder.hooks.base import TaskOutcome
         from forwarder.hooks.callback import CallbackHook
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from forwarder.client import ForwarderClient
-from forwarder.worker import LEGACY_TASK_NAME, LIRA_TASK_NAME, TASK_NAMES
+from forwarder.client.broker import ForwarderClient
+from forwarder.worker.app import LEGACY_TASK_NAME, LIRA_TASK_NAME, TASK_NAMES
 
 pytestmark = [pytest.mark.integration]
 

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import redis
 
-from forwarder.dead_letter_queue import decode
+from forwarder.client.dead_letters import decode
 
 pytestmark = [pytest.mark.integration]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from forwarder.aws import assume_role_firehose_client
-from forwarder.hook_settings import LoggingSettings
-from forwarder.localrun import HOST, free_port
-from forwarder.sinks.firehose import FirehoseSink
+from forwarder.config.hooks import LoggingSettings
+from forwarder.devtools.localrun import HOST, free_port
+from forwarder.hooks.aws import assume_role_firehose_client
+from forwarder.hooks.sinks.firehose import FirehoseSink
 
 pytestmark = pytest.mark.integration
 

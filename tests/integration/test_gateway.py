@@ -28,10 +28,10 @@ import requests
 from openapi_spec_validator import validate
 from pydantic import BaseModel, ConfigDict
 
+from forwarder.client.gateway import GatewayClient
+from forwarder.devtools.localrun import free_port
 from forwarder.errors import ClientError, GatewayError
-from forwarder.gateway_client import GatewayClient
-from forwarder.localrun import free_port
-from forwarder.worker import LIRA_TASK_NAME
+from forwarder.worker.app import LIRA_TASK_NAME
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.idempotency import (
+from forwarder.client.idempotency import (
     Claim,
     FileStore,
     IdempotencyStore,

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.localrun import HOST, Child, EnvChanges, environment, free_port
+from forwarder.devtools.localrun import HOST, Child, EnvChanges, environment, free_port
 
 pytestmark = [pytest.mark.integration]
 

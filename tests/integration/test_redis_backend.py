@@ -13,9 +13,9 @@ import redis
 from celery import Celery, states
 from celery.result import AsyncResult
 
-from forwarder.backends.redis import RedisBackend
-from forwarder.dead_letter import StartingTask, deliveries_key, read_admission
-from forwarder.task_control import cancel_key
+from forwarder.celery_ext.backends.redis import RedisBackend
+from forwarder.worker.control import cancel_key
+from forwarder.worker.crash_loop import StartingTask, deliveries_key, read_admission
 
 pytestmark = pytest.mark.integration
 

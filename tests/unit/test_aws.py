@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from forwarder.aws import RefreshingClient, assume_role_firehose_client, aws_region
+from forwarder.config.hooks import LoggingSettings
 from forwarder.errors import ConfigError
-from forwarder.hook_settings import LoggingSettings
+from forwarder.hooks.aws import RefreshingClient, assume_role_firehose_client, aws_region
 
 LEEWAY = timedelta(minutes=10)
 
@@ -76,7 +76,7 @@ def test_failed_rebuild_keeps_the_old_client_and_expiry_then_retries(
     first = cache.get()
     first_expiry = cache.expiry
 
-    with caplog.at_level(logging.WARNING, logger="forwarder.aws"):
+    with caplog.at_level(logging.WARNING, logger="forwarder.hooks.aws"):
         assert cache.get() == first
     assert cache.expiry == first_expiry
     assert (cache.builds, cache.failed_builds) == (1, 1)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from forwarder import brokers
-from forwarder.brokers import BrokerConfig, broker_config, celery_app
+from forwarder.celery_ext import brokers
+from forwarder.celery_ext.brokers import BrokerConfig, broker_config, celery_app
+from forwarder.config.settings import Settings, WorkerSettings, load_settings
 from forwarder.errors import ConfigError
-from forwarder.settings import Settings, WorkerSettings, load_settings
 
 REDIS = "redis://127.0.0.1:6379/0"
 SQS_URL = "http://127.0.0.1:5000/123456789012/inference"
@@ -239,7 +239,7 @@ def test_celery_app_speaks_the_wire_protocol(tmp_path: Path) -> None:
         assert conf.broker_url == expected.broker_url
         assert conf.result_backend == expected.result_backend
         assert conf.broker_transport_options == expected.transport_options
-        assert app.backend.__class__.__module__ == "forwarder.backends.filesystem"
+        assert app.backend.__class__.__module__ == "forwarder.celery_ext.backends.filesystem"
     finally:
         app.close()
 
@@ -253,7 +253,7 @@ def test_celery_app_over_sqs_with_s3_results() -> None:
         assert app.conf.broker_url == "sqs://"
         assert app.conf.worker_concurrency == 12
         assert app.conf.broker_transport_options["predefined_queues"]["q-test"]["url"] == SQS_URL
-        assert app.backend.__class__.__module__ == "forwarder.backends.s3"
+        assert app.backend.__class__.__module__ == "forwarder.celery_ext.backends.s3"
         assert app.backend.location.prefix == "inference/"
     finally:
         app.close()

@@ -26,8 +26,8 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import MaxRetryError
 
+from forwarder.config.hooks import BasicAuth, CallbackSettings, MtlsAuth
 from forwarder.errors import CallbackError, ConfigError
-from forwarder.hook_settings import BasicAuth, CallbackSettings, MtlsAuth
 from forwarder.hooks.base import TaskOutcome
 from forwarder.hooks.callback import (
     CallbackHook,

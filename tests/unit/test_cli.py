@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.cli import main
-from forwarder.settings import load_settings
+from forwarder.cli.commands import main
+from forwarder.config.settings import load_settings
 
 SETTINGS_ENV_PREFIXES = ("FORWARDER_", "CELERY_WORKER_", "SERIALIZE_RESULTS", "FIREHOSE_")
 

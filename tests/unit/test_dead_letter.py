@@ -15,20 +15,20 @@ import pytest
 from celery import Celery
 from celery.exceptions import Ignore
 
-from forwarder.backends.filesystem import FilesystemBackend
-from forwarder.cli import main
-from forwarder.client import ForwarderClient
-from forwarder.dead_letter import (
+from forwarder.celery_ext.backends.filesystem import FilesystemBackend
+from forwarder.cli.commands import main
+from forwarder.client.broker import ForwarderClient
+from forwarder.client.dead_letters import open_dead_letters, replay
+from forwarder.config.settings import load_settings
+from forwarder.errors import DeadLettered
+from forwarder.worker.app import LIRA_TASK_NAME
+from forwarder.worker.control import TaskControl, TaskLimits, cancel_key
+from forwarder.worker.crash_loop import (
     Admission,
     CrashLoopGuard,
     DeadLetter,
     read_admission,
 )
-from forwarder.dead_letter_queue import open_dead_letters, replay
-from forwarder.errors import DeadLettered
-from forwarder.settings import load_settings
-from forwarder.task_control import TaskControl, TaskLimits, cancel_key
-from forwarder.worker import LIRA_TASK_NAME
 
 QUEUE = "inference"
 DEAD = "inference-dead-letter"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from forwarder.metrics import PrometheusRecorder
+from forwarder.observability.metrics import PrometheusRecorder
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from forwarder import echo_server
-from forwarder.echo_server import EchoServer, make_server
+from forwarder.devtools import echo_server
+from forwarder.devtools.echo_server import EchoServer, make_server
 
 HOST = "127.0.0.1"
 StartServer = Callable[..., EchoServer]
@@ -352,7 +352,9 @@ def test_serve_announces_url_and_stops_on_signal(sig: signal.Signals) -> None:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
     }
-    code = "from forwarder.echo_server import make_server, serve; serve(make_server(port=0))"
+    code = (
+        "from forwarder.devtools.echo_server import make_server, serve; serve(make_server(port=0))"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ from celery import Celery
 from celery.backends.base import BaseBackend
 
 from forwarder import errors
-from forwarder.backends.base import ErrorPayloadMixin, error_payload
+from forwarder.celery_ext.backends.base import ErrorPayloadMixin, error_payload
 from forwarder.errors import (
     CallbackError,
     ClientError,

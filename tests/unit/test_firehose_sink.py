@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from forwarder.hook_settings import LoggingSettings
-from forwarder.sinks import firehose
-from forwarder.sinks.firehose import (
+from forwarder.config.hooks import LoggingSettings
+from forwarder.hooks.sinks import firehose
+from forwarder.hooks.sinks.firehose import (
     MAX_BATCH_BYTES,
     MAX_BATCH_RECORDS,
     MAX_RECORD_BYTES,

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 import urllib3
 
-from forwarder import forwarding
-from forwarder.echo_server import EchoServer, make_server
+from forwarder.config.settings import ModelServerSettings
+from forwarder.devtools.echo_server import EchoServer, make_server
 from forwarder.errors import (
     ModelResponseError,
     ModelServerTimeout,
     ModelServerUnavailable,
     PayloadError,
 )
-from forwarder.forwarding import Forwarder, unwrap_payload, wrap_response
-from forwarder.settings import ModelServerSettings
+from forwarder.worker import forwarding
+from forwarder.worker.forwarding import Forwarder, unwrap_payload, wrap_response
 
 HOST = "127.0.0.1"
 
@@ -102,7 +102,7 @@ def test_non_boolean_override_is_ignored(
     value: object, setting: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     model = ModelServerSettings(serialize_results_as_string=setting)
-    with caplog.at_level("WARNING", logger="forwarder.forwarding"):
+    with caplog.at_level("WARNING", logger="forwarder.worker.forwarding"):
         _, top = unwrap_payload({"serialize_results_as_string": value, "args": {}}, model)
         _, inner = unwrap_payload({"args": {"serialize_results_as_string": value}}, model)
     assert top is setting

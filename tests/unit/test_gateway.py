@@ -22,14 +22,14 @@ import requests
 import uvicorn
 from openapi_spec_validator import validate
 
-from forwarder import cli
-from forwarder.client import TaskResult
+from forwarder.cli import commands as cli
+from forwarder.client.broker import TaskResult
+from forwarder.client.gateway import GatewayClient
+from forwarder.client.idempotency import FileStore
+from forwarder.config.settings import load_settings
 from forwarder.errors import GatewayError, TaskWaitTimeout
-from forwarder.gateway import create_app, task_view
-from forwarder.gateway_client import GatewayClient
-from forwarder.gateway_models import TaskStatus
-from forwarder.idempotency import FileStore
-from forwarder.settings import load_settings
+from forwarder.gateway.app import create_app, task_view
+from forwarder.gateway.models import TaskStatus
 
 TOKEN = "tok-0123456789abcdef"
 OTHER_TOKEN = "tok-fedcba9876543210"

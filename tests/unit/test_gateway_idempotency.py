@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.idempotency import (
+from forwarder.client.idempotency import (
     KEY_PREFIX,
     FileStore,
     IdempotencyKeyReused,
@@ -25,7 +25,7 @@ from forwarder.idempotency import (
     scoped_key,
     submit_once,
 )
-from forwarder.settings import load_settings
+from forwarder.config.settings import load_settings
 
 PROCESSES = 8
 
@@ -34,7 +34,7 @@ PROCESSES = 8
 CLAIMANT = """
 import json, sys, time
 from pathlib import Path
-from forwarder.idempotency import FileStore
+from forwarder.client.idempotency import FileStore
 folder, key, task_id, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 while time.time() < start_at:
     time.sleep(0.0005)

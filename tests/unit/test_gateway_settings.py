@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from forwarder import cli, cli_tasks
+from forwarder.cli import commands as cli
+from forwarder.cli import tasks as cli_tasks
+from forwarder.config.gateway import GatewaySettings
+from forwarder.config.settings import load_settings
 from forwarder.errors import ConfigError
-from forwarder.gateway_settings import GatewaySettings
-from forwarder.settings import load_settings
 
 TOKEN_A = "token-aaaaaaaaaaaaaaaa"
 TOKEN_B = "token-bbbbbbbbbbbbbbbb"
@@ -202,7 +203,7 @@ def test_the_gateway_url_from_the_environment_gives_way_to_broker_flags(
 def test_without_fastapi_the_gateway_says_what_to_install(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delitem(sys.modules, "forwarder.gateway", raising=False)
+    monkeypatch.delitem(sys.modules, "forwarder.gateway.app", raising=False)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # makes "import fastapi" fail
     assert cli.main(["gateway", "--port", "0"]) == 2
     err = capsys.readouterr().err

@@ -11,19 +11,19 @@ from typing import Any
 import pytest
 import yaml
 
-from forwarder.errors import ConfigError
-from forwarder.hook_settings import (
+from forwarder.config.hooks import (
     BasicAuth,
     EndpointInfo,
     HookSettings,
     MtlsAuth,
     parse_callback_auth,
 )
+from forwarder.config.settings import load_settings
+from forwarder.errors import ConfigError
 from forwarder.hooks import Hook, HookRunner, TaskOutcome, build_hooks
 from forwarder.hooks.logging import LoggingHook, build_record, masked_request
-from forwarder.settings import load_settings
-from forwarder.sinks.base import Sink
-from forwarder.sinks.file import FileSink
+from forwarder.hooks.sinks.base import Sink
+from forwarder.hooks.sinks.file import FileSink
 
 ISSUE_EXAMPLE = """\
 hooks: [callback, logging]

@@ -7,8 +7,14 @@ import logging
 
 import pytest
 
-from forwarder import logs
-from forwarder.logs import JsonFormatter, TextFormatter, _Context, mask_secrets, summarize
+from forwarder.observability import logs
+from forwarder.observability.logs import (
+    JsonFormatter,
+    TextFormatter,
+    _Context,
+    mask_secrets,
+    summarize,
+)
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEsecret\n-----END PRIVATE KEY-----"
 
@@ -56,7 +62,9 @@ def record(name: str, msg: str, args: object = None, **extra: object) -> logging
 
 def test_json_lines_carry_the_task_and_mask_secrets() -> None:
     line = JsonFormatter().format(
-        record("forwarder.worker", "retrying %s", ("redis://u:pw@h/0",), task_id="t-1", queue="q")
+        record(
+            "forwarder.worker.app", "retrying %s", ("redis://u:pw@h/0",), task_id="t-1", queue="q"
+        )
     )
     parsed = json.loads(line)
     assert parsed["message"] == "retrying redis://u:***@h/0"

@@ -11,12 +11,12 @@ import subprocess
 import sys
 import textwrap
 
-from forwarder import metrics
+from forwarder.observability import metrics
 
 SCRIPT = textwrap.dedent(
     """
     import glob, json, os, socket, urllib.request
-    from forwarder import metrics
+    from forwarder.observability import metrics
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

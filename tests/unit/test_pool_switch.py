@@ -1,7 +1,7 @@
 """The gevent switch: gevent workers are patched before celery is imported, others never see gevent.
 
-The subprocess tests run ``forwarder.cli.main(["worker", ...])`` in a fresh interpreter with a
-stand-in ``forwarder.worker`` module whose ``run_worker`` reports what was imported and patched
+The subprocess tests run ``forwarder.cli.commands.main(["worker", ...])`` in a fresh interpreter with a
+stand-in ``forwarder.worker.app`` module whose ``run_worker`` reports what was imported and patched
 at the moment the real worker would start, instead of starting it.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from forwarder import pool_switch
 from forwarder.errors import ConfigError
-from forwarder.pool_switch import (
+from forwarder.worker import gevent_switch as pool_switch
+from forwarder.worker.gevent_switch import (
     MAX_TASKS_ENV,
     PATCH_FIRST,
     PATCHED_MODULES,
@@ -55,7 +55,7 @@ def test_missing_gevent_is_a_config_error_with_the_install_hint(
 
 def test_an_unpatched_process_is_refused_a_gevent_pool() -> None:
     pytest.importorskip("gevent")
-    from forwarder.pool_switch import check_gevent_patched
+    from forwarder.worker.gevent_switch import check_gevent_patched
 
     # This test process never patched: exactly what a too-early import would leave behind.
     with pytest.raises(ConfigError) as info:
@@ -69,7 +69,7 @@ def test_an_unpatched_process_is_refused_a_gevent_pool() -> None:
 
 def test_the_refusal_names_only_what_is_unpatched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkey = pytest.importorskip("gevent.monkey")
-    from forwarder.pool_switch import check_gevent_patched
+    from forwarder.worker.gevent_switch import check_gevent_patched
 
     monkeypatch.setattr(monkey, "is_module_patched", lambda name: name != "ssl")
     with pytest.raises(ConfigError, match="but ssl is not: start it with"):
@@ -121,10 +121,10 @@ def test_importing_forwarder_and_its_cli_imports_nothing_heavy(tmp_path: Path) -
         f"""
         import json, sys
         import forwarder
-        import forwarder.pool_switch
+        import forwarder.worker.gevent_switch
         names = forwarder.__all__
         heavy = {{m: m in sys.modules for m in {HEAVY!r}}}
-        import forwarder.cli
+        import forwarder.cli.commands
         late = {{m: m in sys.modules for m in {(*LATE, "gevent", "socket", "ssl")!r}}}
         print(json.dumps({{"package": heavy, "cli": late}}))
         """,
@@ -136,14 +136,14 @@ def test_importing_forwarder_and_its_cli_imports_nothing_heavy(tmp_path: Path) -
     }
 
 
-# Replaces forwarder.worker so that cli.main(["worker", ...]) stops where the worker would start.
+# Replaces forwarder.worker.app so that cli.main(["worker", ...]) stops where the worker would start.
 PROBE = """
 {prelude}
 import contextlib, io, json, sys, types
 argv, config = {argv!r}, {config!r}
 if config:
     open("config.yaml", "w").write(config)
-probe = types.ModuleType("forwarder.worker")
+probe = types.ModuleType("forwarder.worker.app")
 seen = {{}}
 
 def run_worker(settings):
@@ -160,8 +160,8 @@ def run_worker(settings):
     return 0
 
 probe.run_worker = run_worker
-sys.modules["forwarder.worker"] = probe
-from forwarder.cli import main
+sys.modules["forwarder.worker.app"] = probe
+from forwarder.cli.commands import main
 with contextlib.redirect_stderr(io.StringIO()) as stderr:
     seen["exit"] = main(argv)
 seen["stderr"] = stderr.getvalue()
@@ -285,7 +285,7 @@ def test_other_commands_never_import_gevent(tmp_path: Path, command: str) -> Non
     result = run_python(
         f"""
         import contextlib, io, json, sys
-        from forwarder.cli import main
+        from forwarder.cli.commands import main
         with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
             main({command.split()!r} + ["--data-dir", {str(tmp_path)!r}] * {command == "check-config"})
         print(json.dumps({{"gevent": "gevent" in sys.modules}}))

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 import forwarder
-from forwarder import client as client_module
-from forwarder import worker as worker_module
-from forwarder.client import TaskResult, _error_message
-from forwarder.worker import retry_delay
+from forwarder.client import broker as client_module
+from forwarder.client.broker import TaskResult, _error_message
+from forwarder.worker import app as worker_module
+from forwarder.worker.app import retry_delay
 
 INTENDED = {
     "__version__": None,
@@ -41,17 +41,17 @@ INTENDED = {
     "TaskExpired": "forwarder.errors",
     "TaskStopped": "forwarder.errors",
     "TaskWaitTimeout": "forwarder.errors",
-    "Forwarder": "forwarder.forwarding",
-    "FINAL_STATES": "forwarder.client",
-    "ForwarderClient": "forwarder.client",
-    "GatewayClient": "forwarder.gateway_client",
-    "TaskResult": "forwarder.client",
-    "ModelServerSettings": "forwarder.settings",
-    "Settings": "forwarder.settings",
-    "WorkerSettings": "forwarder.settings",
-    "load_settings": "forwarder.settings",
-    "LIRA_TASK_NAME": "forwarder.worker",
-    "LEGACY_TASK_NAME": "forwarder.worker",
+    "Forwarder": "forwarder.worker.forwarding",
+    "FINAL_STATES": "forwarder.client.broker",
+    "ForwarderClient": "forwarder.client.broker",
+    "GatewayClient": "forwarder.client.gateway",
+    "TaskResult": "forwarder.client.broker",
+    "ModelServerSettings": "forwarder.config.settings",
+    "Settings": "forwarder.config.settings",
+    "WorkerSettings": "forwarder.config.settings",
+    "load_settings": "forwarder.config.settings",
+    "LIRA_TASK_NAME": "forwarder.worker.app",
+    "LEGACY_TASK_NAME": "forwarder.worker.app",
 }
 
 
@@ -256,7 +256,7 @@ def test_retry_delay_grows_then_caps(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_client_without_settings_reads_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from forwarder.client import ForwarderClient
+    from forwarder.client.broker import ForwarderClient
 
     monkeypatch.setenv("FORWARDER_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FORWARDER_QUEUE", "from-env")
@@ -270,7 +270,7 @@ def test_client_without_settings_reads_the_environment(
 def test_queue_wait_from_any_form_of_arrival_timestamp() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from forwarder.worker import queue_wait_seconds
+    from forwarder.worker.app import queue_wait_seconds
 
     ago = datetime.now() - timedelta(seconds=5)
     for arrival in (ago, ago.isoformat(), datetime.now(UTC) - timedelta(seconds=5)):

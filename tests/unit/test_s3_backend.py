@@ -18,11 +18,11 @@ from botocore.stub import ANY, Stubber
 from celery import states
 from celery.exceptions import ImproperlyConfigured
 
-from forwarder._parse import Invalid, S3Location, s3_location
-from forwarder.backends.s3 import S3Backend
-from forwarder.brokers import celery_app
+from forwarder.celery_ext.backends.s3 import S3Backend
+from forwarder.celery_ext.brokers import celery_app
+from forwarder.config.parsers import Invalid, S3Location, s3_location
+from forwarder.config.settings import Settings, WorkerSettings, load_settings
 from forwarder.errors import ConfigError, PayloadError
-from forwarder.settings import Settings, WorkerSettings, load_settings
 
 SQS_URL = "http://127.0.0.1:5000/123456789012/inference"
 

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
-from forwarder import settings as settings_module
-from forwarder.errors import ConfigError
-from forwarder.settings import (
+from forwarder.config import settings as settings_module
+from forwarder.config.settings import (
     ModelServerSettings,
     Settings,
     WorkerSettings,
     load_settings,
     mask_url,
 )
+from forwarder.errors import ConfigError
 
 FIELDS = {spec.name: spec for spec in settings_module._FIELDS}
 

@@ -23,16 +23,13 @@ import pytest
 from celery import Celery
 from celery.exceptions import Ignore
 
-from forwarder.backends.filesystem import FilesystemBackend
-from forwarder.client import ForwarderClient
-from forwarder.dead_letter import CrashLoopGuard
-from forwarder.echo_server import make_server
+from forwarder.celery_ext.backends.filesystem import FilesystemBackend
+from forwarder.client.broker import ForwarderClient
+from forwarder.config.settings import ModelServerSettings, load_settings
+from forwarder.devtools.echo_server import make_server
 from forwarder.errors import PayloadError, TaskCanceled, TaskDeadlineExceeded, TaskStopped
-from forwarder.forwarding import Forwarder
 from forwarder.hooks import TaskOutcome
-from forwarder.interrupts import Call, GreenletInterrupter, Interrupt, SignalInterrupter
-from forwarder.settings import ModelServerSettings, load_settings
-from forwarder.task_control import (
+from forwarder.worker.control import (
     CANCELED,
     EXPIRED,
     TIMEOUT,
@@ -41,6 +38,9 @@ from forwarder.task_control import (
     _Watcher,
     cancel_key,
 )
+from forwarder.worker.crash_loop import CrashLoopGuard
+from forwarder.worker.forwarding import Forwarder
+from forwarder.worker.interrupts import Call, GreenletInterrupter, Interrupt, SignalInterrupter
 
 HOST = "127.0.0.1"
 
@@ -383,7 +383,7 @@ def test_a_failing_backend_is_logged_once_per_outage(
 
     watcher = _Watcher(Flaky, RecordingInterrupter())  # type: ignore[arg-type]
     watcher._calls.add(Call("a", None, None))
-    with caplog.at_level(logging.WARNING, logger="forwarder.task_control"):
+    with caplog.at_level(logging.WARNING, logger="forwarder.worker.control"):
         watcher.poll()
         watcher.poll()
         failing[0] = False

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from forwarder import tracing
+from forwarder.observability import tracing
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

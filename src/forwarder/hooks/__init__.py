@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from forwarder.hook_settings import HOOK_NAMES
+from forwarder.config.hooks import HOOK_NAMES
+from forwarder.config.settings import Settings
 from forwarder.hooks.base import Hook, HookCounts, HookRunner, TaskOutcome
-from forwarder.settings import Settings
 
 __all__ = ["HOOK_NAMES", "Hook", "HookCounts", "HookRunner", "TaskOutcome", "build_hooks"]
 
@@ -17,7 +17,7 @@ def _build(name: str, settings: Settings) -> Hook:
         return CallbackHook(settings.hooks.callback)
     if name == "logging":
         from forwarder.hooks.logging import LoggingHook
-        from forwarder.sinks import build_sink
+        from forwarder.hooks.sinks import build_sink
 
         return LoggingHook(settings.hooks.endpoint, build_sink(settings))
     raise ValueError(f"unknown hook {name!r}; known: {', '.join(HOOK_NAMES)}")

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from forwarder.metrics import recorder
+from forwarder.observability.metrics import recorder
 
 __all__ = ["Hook", "HookCounts", "HookRunner", "TaskOutcome"]
 

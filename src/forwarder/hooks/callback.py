@@ -41,14 +41,14 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 
-from forwarder.errors import CallbackError, ConfigError
-from forwarder.hook_settings import (
+from forwarder.config.hooks import (
     BasicAuth,
     CallbackAuth,
     CallbackSettings,
     MtlsAuth,
     parse_callback_auth,
 )
+from forwarder.errors import CallbackError, ConfigError
 from forwarder.hooks.base import Hook, TaskOutcome
 
 __all__ = [

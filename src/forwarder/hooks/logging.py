@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from forwarder.hook_settings import EndpointInfo
+from forwarder.config.hooks import EndpointInfo
 from forwarder.hooks.base import Hook, TaskOutcome
-from forwarder.sinks.base import Sink
+from forwarder.hooks.sinks.base import Sink
 
 __all__ = ["LoggingHook", "build_record", "masked_request"]
 

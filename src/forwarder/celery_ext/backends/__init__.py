@@ -1,0 +1,16 @@
+"""Result backends: Celery's own, extended to store model-engine's ``custom`` error payload.
+
+Each module subclasses one Celery backend with ``ErrorPayloadMixin``; ``BACKEND_CLASSES`` maps a
+result-backend URL scheme to the class that serves it.
+"""
+
+from __future__ import annotations
+
+BACKEND_CLASSES = {
+    "redis": "forwarder.celery_ext.backends.redis:RedisBackend",
+    "rediss": "forwarder.celery_ext.backends.redis:RedisBackend",
+    "file": "forwarder.celery_ext.backends.filesystem:FilesystemBackend",
+    "s3": "forwarder.celery_ext.backends.s3:S3Backend",
+}
+
+__all__ = ["BACKEND_CLASSES"]

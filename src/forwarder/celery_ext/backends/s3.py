@@ -1,0 +1,114 @@
+"""S3 result backend: one boto3 client per process, Celery's key layout, ``custom`` on failure.
+
+URL: ``s3://BUCKET[/PREFIX][?checksum=sha256]``. Each result is one object,
+``PREFIX/celery-task-meta-<task id>``, holding the JSON Celery stores; a task with no object yet
+is PENDING. ``checksum=sha256`` has S3 check every stored result against its SHA-256 (without it,
+boto3's default CRC32 applies); boto3 checks the stored checksum again on every read. Region,
+endpoint and credentials come from the standard AWS environment (``AWS_DEFAULT_REGION`` or
+``AWS_REGION``, ``AWS_ENDPOINT_URL``, ...), read when the client is built.
+
+Permissions: readers need ``s3:GetObject`` and ``s3:ListBucket``; the worker also ``s3:PutObject``
+(Celery reads a result before writing it, so that a SUCCESS is never overwritten). Without
+``ListBucket``, S3 answers a missing object with 403 rather than 404: an error, not PENDING.
+
+The layout is that of Celery's own S3 backend, so a plain Celery client reads the results with
+``result_backend="s3"``, ``s3_bucket="BUCKET"``, ``s3_base_path="PREFIX/"`` (the trailing slash
+matters: Celery joins it to the key as is) and, off AWS, ``s3_endpoint_url``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from celery.backends.base import KeyValueStoreBackend
+from celery.exceptions import ImproperlyConfigured
+
+from forwarder.celery_ext.backends.base import ErrorPayloadMixin
+from forwarder.config.parsers import Invalid, s3_location
+
+__all__ = ["S3Backend"]
+
+INSTALL_HINT = "the S3 result backend needs boto3: pip install 'inference-forwarder[aws]'"
+# botocore's default pool of 10 connections would turn away the extra greenlets of a larger
+# gevent worker (each discarded connection logs a warning); prefork children use one each.
+MIN_POOL_CONNECTIONS = 10
+
+
+def _boto3() -> Any:
+    try:
+        import boto3
+    except ImportError:
+        raise ImproperlyConfigured(INSTALL_HINT) from None
+    return boto3
+
+
+class S3Backend(ErrorPayloadMixin, KeyValueStoreBackend):  # type: ignore[misc]
+    """Results as S3 objects, through one boto3 client shared by every thread and greenlet."""
+
+    def __init__(self, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(url=url, **kwargs)
+        if not url:
+            raise ImproperlyConfigured("the S3 result backend needs a URL: s3://BUCKET[/PREFIX]")
+        try:
+            self.location = s3_location(url)
+        except Invalid as exc:
+            raise ImproperlyConfigured(f"result backend {url!r}: allowed: {exc}") from None
+        _boto3()  # at start-up (the worker builds its backend then), not at the first result
+        self._owned: tuple[int, Any] | None = None  # (pid, client): read and written as one
+        self._locks: dict[int, threading.Lock] = {}
+
+    @property
+    def client(self) -> Any:
+        """This process's boto3 S3 client; a forked child builds its own, never its parent's."""
+        pid = os.getpid()
+        owned = self._owned
+        if owned is not None and owned[0] == pid:
+            return owned[1]
+        # One lock per process: a lock held in the parent at fork time stays held in the child.
+        with self._locks.setdefault(pid, threading.Lock()):
+            owned = self._owned
+            if owned is None or owned[0] != pid:
+                owned = self._owned = (pid, self._new_client())
+            return owned[1]
+
+    def _new_client(self) -> Any:
+        boto3 = _boto3()
+        from botocore.config import Config
+
+        pool = max(MIN_POOL_CONNECTIONS, self.app.conf.worker_concurrency or 0)
+        # A session of its own: boto3's default session is not safe to build from two threads.
+        session = boto3.session.Session(
+            region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        )
+        return session.client("s3", config=Config(max_pool_connections=pool))
+
+    def _object_key(self, key: str | bytes) -> str:
+        return self.location.prefix + (key.decode() if isinstance(key, bytes) else key)
+
+    def get(self, key: str | bytes) -> bytes | None:
+        client = self.client
+        try:
+            reply = client.get_object(Bucket=self.location.bucket, Key=self._object_key(key))
+        except client.exceptions.NoSuchKey:
+            return None
+        body: bytes = reply["Body"].read()
+        return body
+
+    def mget(self, keys: list[str | bytes]) -> list[bytes | None]:
+        # S3 has no multi-get: one GET per key (the cancel watcher reads one per running task).
+        return [self.get(key) for key in keys]
+
+    def set(self, key: str | bytes, value: str | bytes) -> None:
+        options = {"ChecksumAlgorithm": "SHA256"} if self.location.checksum == "sha256" else {}
+        self.client.put_object(
+            Bucket=self.location.bucket,
+            Key=self._object_key(key),
+            Body=value,
+            ContentType=self.content_type,
+            **options,
+        )
+
+    def delete(self, key: str | bytes) -> None:
+        self.client.delete_object(Bucket=self.location.bucket, Key=self._object_key(key))

@@ -1,0 +1,1 @@
+"""The HTTP gateway: model-engine's async task API on FastAPI, its HTTP edge, models and metrics."""

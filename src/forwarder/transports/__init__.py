@@ -1,1 +1,0 @@
-"""Broker transports: kombu's, where the forwarder needs them to behave differently."""

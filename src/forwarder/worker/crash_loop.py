@@ -1,0 +1,216 @@
+"""Crash-loop cap: each task's deliveries counted, and a dead-letter queue past the cap.
+
+With late acks and reject-on-worker-lost, a task whose model call kills its worker process (the
+reply makes it segfault or run out of memory, or the process is SIGKILLed) goes back to the queue
+and would be delivered forever. Each delivery is counted before forwarding, in the result
+backend's key/value store under ``forwarder-deliveries-<task id>-<retries>``. A retry after the
+model server was unavailable is a new message with one more ``retries``, so it starts a new
+count: only deliveries that never finished add up. On Redis the count is an INCR (expiring with
+the results) in one script with the cancel-marker read and the STARTED store, so admission stays
+one round trip. Other backends (file, S3) read the marker and the count in one ``mget`` and write
+the count back: one more call per task, and not atomic, which is harmless here because a task is
+redelivered only once the worker that had it has gone.
+
+The delivery after ``max_deliveries`` is not forwarded: a copy of the task (name, args, kwargs,
+id, trace headers; plain JSON) goes to the dead-letter queue on the same broker, and the task ends
+FAILURE with ``DeadLettered``. ``forwarder dead-letter list`` reads that queue without consuming
+it; ``replay`` sends tasks back to their queue with their count reset and their FAILURE
+forgotten, and removes them from the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from celery import states
+
+from forwarder.celery_ext.backends.redis import RedisBackend
+from forwarder.errors import DeadLettered
+from forwarder.observability.tracing import TRACE_KEYS
+
+__all__ = [
+    "DELIVERIES_KEY_PREFIX",
+    "Admission",
+    "CrashLoopGuard",
+    "DeadLetter",
+    "StartingTask",
+    "deliveries_key",
+    "read_admission",
+]
+
+DELIVERIES_KEY_PREFIX = "forwarder-deliveries-"
+# For a Redis backend told to keep results forever: a count must not outlive every task.
+DEFAULT_COUNT_SECONDS = 86400
+
+
+def deliveries_key(backend: Any, task_id: str, retries: int) -> Any:
+    return backend.key_t(f"{DELIVERIES_KEY_PREFIX}{task_id}-{retries}")
+
+
+@dataclass(frozen=True)
+class Admission:
+    canceled: bool
+    deliveries: int  # this one included
+    started_stored: bool = False  # STARTED was stored in the same round trip
+
+
+@dataclass(frozen=True)
+class StartingTask:
+    """What a delivery that may start stores as STARTED, and how many deliveries are allowed."""
+
+    result: dict[str, Any]
+    request: Any
+    max_deliveries: int
+
+
+def read_admission(
+    backend: Any,
+    marker_key: Any,
+    task_id: str,
+    retries: int,
+    starting: StartingTask | None = None,
+) -> Admission:
+    """Read the cancel marker and count this delivery: one round trip on Redis.
+
+    On Redis, STARTED (``starting``, None for a task that may not start) is stored in that same
+    round trip when the task is not canceled and under its deliveries cap; other backends leave
+    it to the caller.
+    """
+    count_key = deliveries_key(backend, task_id, retries)
+    if isinstance(backend, RedisBackend):
+        started_meta = (
+            backend.encoded_meta(task_id, starting.result, states.STARTED, request=starting.request)
+            if starting is not None
+            else ""
+        )
+        canceled, deliveries, started = backend.admit(
+            marker_key,
+            count_key,
+            math.ceil(backend.expires or DEFAULT_COUNT_SECONDS),
+            starting.max_deliveries if starting is not None else 0,
+            task_id,
+            started_meta,
+        )
+        return Admission(canceled, deliveries, started)
+    marker, stored = list(backend.mget([marker_key, count_key]))
+    deliveries = _count(stored) + 1
+    backend.set(count_key, str(deliveries))
+    return Admission(marker is not None, deliveries)
+
+
+def _count(stored: Any) -> int:
+    try:
+        return max(0, int(stored))
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What replaying a task needs, as the dead-letter queue's message body (JSON)."""
+
+    task_id: str
+    task: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    retries: int
+    deliveries: int
+    dead_lettered_at: float  # UTC epoch seconds
+    trace: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: Any) -> DeadLetter:
+        """Check a message body's fields; ``ValueError`` for anything else on the queue."""
+        types: dict[str, type | tuple[type, ...]] = {
+            "task_id": str,
+            "task": str,
+            "queue": str,
+            "args": list,
+            "kwargs": dict,
+            "retries": int,
+            "deliveries": int,
+            "dead_lettered_at": (int, float),
+            "trace": dict,
+        }
+        if not isinstance(body, dict) or set(body) != set(types):
+            raise ValueError("not a dead letter")
+        for name, kind in types.items():
+            if not isinstance(body[name], kind) or isinstance(body[name], bool):
+                raise ValueError(f"not a dead letter: {name} is {type(body[name]).__name__}")
+        return cls(**body)
+
+    def as_body(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self, *, show_payload: bool = False) -> dict[str, Any]:
+        """What ``dead-letter list`` prints: no user data unless asked for."""
+        payload = self.args[0] if self.args else None
+        shown: dict[str, Any] = {
+            "task_id": self.task_id,
+            "task": self.task,
+            "queue": self.queue,
+            "deliveries": self.deliveries,
+            "retries": self.retries,
+            "dead_lettered_at": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.dead_lettered_at)
+            ),
+            "payload_keys": sorted(payload) if isinstance(payload, dict) else None,
+            "kwargs_keys": sorted(self.kwargs),
+        }
+        if show_payload:
+            shown.update(args=self.args, kwargs=self.kwargs)
+        return shown
+
+
+class CrashLoopGuard:
+    """Ends a task delivered more than ``max_deliveries`` times: dead letter, then FAILURE."""
+
+    def __init__(self, max_deliveries: int, queue: str, dead_letter_queue: str) -> None:
+        self.max_deliveries = max_deliveries
+        self.queue = queue
+        self.dead_letter_queue = dead_letter_queue
+
+    def check(self, task: Any, deliveries: int) -> DeadLettered | None:
+        """None while under the cap; past it, the copy is sent and the error returned."""
+        if deliveries <= self.max_deliveries:
+            return None
+        request = task.request
+        letter = DeadLetter(
+            task_id=request.id,
+            task=task.name,
+            queue=self.queue,
+            args=list(request.args or ()),
+            kwargs=dict(request.kwargs or {}),
+            retries=int(request.retries or 0),
+            deliveries=deliveries - 1,
+            dead_lettered_at=time.time(),
+            trace={
+                key: value
+                for key in TRACE_KEYS
+                if isinstance(value := getattr(request, key, None), str)
+            },
+        )
+        message = (
+            f"dead-lettered after {letter.deliveries} deliveries that did not finish "
+            f"(max_deliveries={self.max_deliveries}); not forwarded again"
+        )
+        try:
+            with task.app.producer_or_acquire() as producer:
+                producer.publish(
+                    letter.as_body(),
+                    exchange="",
+                    routing_key=self.dead_letter_queue,
+                    serializer="json",
+                    retry=True,
+                )
+        except Exception as exc:
+            # Ending it anyway: forwarding again could kill another worker.
+            return DeadLettered(
+                f"{message}; its copy to {self.dead_letter_queue} failed "
+                f"({type(exc).__name__}: {exc}) and it cannot be replayed"
+            )
+        return DeadLettered(f"{message}; copied to {self.dead_letter_queue}")
