@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from celery import Celery
@@ -122,7 +122,7 @@ class FakeTask:
     def app(self) -> Any:
         return SimpleNamespace(producer_or_acquire=lambda: contextlib.nullcontext(self.producer))
 
-    def retry(self, exc: BaseException, countdown: float) -> BaseException:
+    def retry(self, exc: BaseException, countdown: float) -> NoReturn:
         self.retried.append(countdown)
         raise Retried(str(exc))
 

@@ -66,6 +66,7 @@ class LifecycleTask(Task):  # type: ignore[misc]  # Celery is untyped
 def build_lifecycle(
     settings: Settings, app: Celery, forwarder: Forwarder, hooks: HookRunner | None
 ) -> TaskLifecycle:
+    """The pipeline the settings describe, its cancel watch reading ``app``'s result backend."""
     worker = settings.worker
     return TaskLifecycle(
         queue=worker.queue,

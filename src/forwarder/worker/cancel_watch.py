@@ -1,8 +1,11 @@
 """A running model call's bounds: its deadline, and its cancel by a client.
 
 A client cancels a task by storing a marker (``forwarder-cancel-<task id>``) through the result
-backend's key/value store. While model calls run, one watcher per process reads the markers of
-all of them in one read every ``WATCH_INTERVAL`` and interrupts the canceled ones (see
+backend's key/value store, expiring with the results where the backend expires them, and, for a
+task not yet running, the visible state CANCELED. The marker stays where the worker writes
+nothing, so a state the worker writes over (STARTED) cannot undo the cancel. A queued task reads
+its marker at admission; while model calls run, one watcher per process reads the markers of all
+of them in one read every ``WATCH_INTERVAL`` and interrupts the canceled ones (see
 ``forwarder.worker.interrupts``); idle, it waits without cost.
 """
 

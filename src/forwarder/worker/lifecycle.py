@@ -18,7 +18,9 @@ calls ``finish`` from ``after_return``; a task the pipeline stops (EXPIRED, TIME
 a dead-lettered FAILURE) reaches it from ``stop``, which then has Celery acknowledge the message
 with ``Ignore`` (for which Celery calls no ``after_return`` and stores nothing over the state).
 ``finish`` records the finished task, stores the stopped state when there is one, and runs the
-post-inference hooks in the same slot, once the result is stored.
+post-inference hooks in the same slot, once the result is stored. A stopped state is as final as
+the other two: stored with the fields a FAILURE has (``exc_type``, ``exc_message``, ``custom``),
+its message acknowledged, never retried and never delivered again.
 """
 
 from __future__ import annotations
