@@ -25,8 +25,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from forwarder.client.broker import FINAL_STATES, ForwarderClient
+from forwarder.client.broker import ForwarderClient
 from forwarder.config.settings import load_settings
+from forwarder.protocol import FINAL_STATES
 
 CHUNK = 1000
 STALL_SECONDS = 120.0

@@ -30,7 +30,7 @@ _EXPORTS = {
     "TaskStopped": "forwarder.errors",
     "TaskWaitTimeout": "forwarder.errors",
     "Forwarder": "forwarder.worker.forwarding",
-    "FINAL_STATES": "forwarder.client.broker",
+    "FINAL_STATES": "forwarder.protocol",
     "ForwarderClient": "forwarder.client.broker",
     "GatewayClient": "forwarder.client.gateway",
     "TaskResult": "forwarder.client.broker",
@@ -38,8 +38,8 @@ _EXPORTS = {
     "Settings": "forwarder.config.settings",
     "WorkerSettings": "forwarder.config.settings",
     "load_settings": "forwarder.config.settings",
-    "LIRA_TASK_NAME": "forwarder.worker.app",
-    "LEGACY_TASK_NAME": "forwarder.worker.app",
+    "LIRA_TASK_NAME": "forwarder.protocol",
+    "LEGACY_TASK_NAME": "forwarder.protocol",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

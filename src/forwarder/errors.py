@@ -24,6 +24,8 @@ stored ``exc_type`` / ``exc_message``.
 
 from __future__ import annotations
 
+from forwarder.protocol import CANCELED, EXPIRED, FAILURE, TIMEOUT
+
 __all__ = [
     "CallbackError",
     "ClientError",
@@ -100,19 +102,19 @@ class TaskStopped(ForwarderError):
 class TaskExpired(TaskStopped):
     """The task waited in the queue longer than its ``ttl_seconds``; it was never forwarded."""
 
-    state = "EXPIRED"
+    state = EXPIRED
 
 
 class TaskDeadlineExceeded(TaskStopped):
     """The model call outlived the task's ``timeout_seconds``; the call was abandoned."""
 
-    state = "TIMEOUT"
+    state = TIMEOUT
 
 
 class TaskCanceled(TaskStopped):
     """A client canceled the task: before it was forwarded, or during its model call."""
 
-    state = "CANCELED"
+    state = CANCELED
 
 
 class DeadLettered(TaskStopped):
@@ -121,7 +123,7 @@ class DeadLettered(TaskStopped):
     Stored as a plain FAILURE: the task did fail, and every client already knows that state.
     """
 
-    state = "FAILURE"
+    state = FAILURE
 
 
 class HookError(ForwarderError):

@@ -16,7 +16,7 @@ import pytest
 from celery import Celery
 from celery.result import AsyncResult
 
-from forwarder.worker.app import LIRA_TASK_NAME
+from forwarder.protocol import LIRA_TASK_NAME
 
 pytestmark = [pytest.mark.integration]
 

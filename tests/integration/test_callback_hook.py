@@ -345,7 +345,7 @@ def test_connection_refused_is_retried_then_fails(
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
-    caplog.set_level(logging.INFO, logger="forwarder.hooks.callback")
+    caplog.set_level(logging.INFO, logger="forwarder.hooks.delivery")
     url = f"http://{HOST}:{port}/hook/secret-path?token=secret-token"
     hook = make_hook(default_url=url, max_attempts=3, backoff_seconds=0.1, backoff_max_seconds=0.2)
     started = time.monotonic()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from forwarder.client.broker import ForwarderClient
-from forwarder.worker.app import LEGACY_TASK_NAME, LIRA_TASK_NAME, TASK_NAMES
+from forwarder.protocol import LEGACY_TASK_NAME, LIRA_TASK_NAME, TASK_NAMES
 
 pytestmark = [pytest.mark.integration]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.worker.app import LEGACY_TASK_NAME, LIRA_TASK_NAME
+from forwarder.protocol import LEGACY_TASK_NAME, LIRA_TASK_NAME
 
 pytestmark = [pytest.mark.integration]
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from forwarder.client.gateway import GatewayClient
 from forwarder.devtools.localrun import free_port
 from forwarder.errors import ClientError, GatewayError
-from forwarder.worker.app import LIRA_TASK_NAME
+from forwarder.protocol import LIRA_TASK_NAME
 
 pytestmark = pytest.mark.integration
 

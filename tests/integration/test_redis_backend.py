@@ -13,9 +13,8 @@ import redis
 from celery import Celery, states
 from celery.result import AsyncResult
 
+from forwarder.celery_ext.backends.base import StartingTask
 from forwarder.celery_ext.backends.redis import RedisBackend
-from forwarder.worker.control import cancel_key
-from forwarder.worker.crash_loop import StartingTask, deliveries_key, read_admission
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +103,7 @@ def starting(max_deliveries: int = 5) -> StartingTask:
 
 
 def admit(backend: RedisBackend, task: StartingTask | None, task_id: str = "a") -> Any:
-    return read_admission(backend, cancel_key(backend, task_id), task_id, 0, task)
+    return backend.admit(task_id, 0, task)
 
 
 def test_admission_counts_reads_the_marker_and_stores_started_in_one_round_trip(
@@ -121,12 +120,12 @@ def test_admission_counts_reads_the_marker_and_stores_started_in_one_round_trip(
     )
     assert stored(backend, "a")["status"] == states.STARTED
     assert stored(backend, "a")["result"] == {"pid": 1, "hostname": "host"}
-    assert 3590 < backend.client.ttl(deliveries_key(backend, "a", 0)) <= 3600
+    assert 3590 < backend.client.ttl(backend.deliveries_key("a", 0)) <= 3600
     assert admit(backend, starting()).deliveries == 2
 
 
 def test_no_started_for_a_canceled_task(backend: RedisBackend) -> None:
-    backend.set(cancel_key(backend, "a"), "{}")
+    backend.set(backend.cancel_key("a"), "{}")
     admission = admit(backend, starting())
     assert (admission.canceled, admission.started_stored) == (True, False)
     assert backend.client.get(backend.get_key_for_task("a")) is None

@@ -18,7 +18,7 @@ import pytest
 import redis
 import yaml
 
-from forwarder.worker.app import LIRA_TASK_NAME
+from forwarder.protocol import LIRA_TASK_NAME
 
 pytestmark = [pytest.mark.integration]
 

@@ -29,14 +29,9 @@ from urllib3.exceptions import MaxRetryError
 from forwarder.config.hooks import BasicAuth, CallbackSettings, MtlsAuth
 from forwarder.errors import CallbackError, ConfigError
 from forwarder.hooks.base import TaskOutcome
-from forwarder.hooks.callback import (
-    CallbackHook,
-    checked_url,
-    retry_delay,
-    retryable,
-    sign,
-    signing_key,
-)
+from forwarder.hooks.callback import CallbackHook, checked_url
+from forwarder.hooks.delivery import retry_delay, retryable
+from forwarder.hooks.signing import sign, signing_key
 
 URL = "http://receiver.test/hook"
 CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n"

@@ -13,22 +13,18 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.exceptions import Ignore
 
+from forwarder.celery_ext.backends.base import Admission
 from forwarder.celery_ext.backends.filesystem import FilesystemBackend
 from forwarder.cli.commands import main
 from forwarder.client.broker import ForwarderClient
 from forwarder.client.dead_letters import open_dead_letters, replay
 from forwarder.config.settings import load_settings
 from forwarder.errors import DeadLettered
-from forwarder.worker.app import LIRA_TASK_NAME
-from forwarder.worker.control import TaskControl, TaskLimits, cancel_key
-from forwarder.worker.crash_loop import (
-    Admission,
-    CrashLoopGuard,
-    DeadLetter,
-    read_admission,
-)
+from forwarder.protocol import LIRA_TASK_NAME
+from forwarder.worker.admission import admit as admit_task
+from forwarder.worker.crash_loop import CrashLoopGuard, DeadLetter
+from forwarder.worker.limits import TaskLimits
 
 QUEUE = "inference"
 DEAD = "inference-dead-letter"
@@ -46,7 +42,7 @@ def file_backend(tmp_path: Path) -> Iterator[FilesystemBackend]:
 
 
 def admit(backend: Any, task_id: str, retries: int = 0) -> Any:
-    return read_admission(backend, cancel_key(backend, task_id), task_id, retries)
+    return backend.admit(task_id, retries, None)
 
 
 def test_each_delivery_is_counted_per_task_and_per_retry(file_backend: Any) -> None:
@@ -55,7 +51,7 @@ def test_each_delivery_is_counted_per_task_and_per_retry(file_backend: Any) -> N
     # A retry is a new message: its deliveries are counted apart from the crashed ones.
     assert admit(file_backend, "a", retries=1).deliveries == 1
     assert admit(file_backend, "a").canceled is False
-    file_backend.set(cancel_key(file_backend, "a"), "{}")
+    file_backend.set(file_backend.cancel_key("a"), "{}")
     assert admit(file_backend, "a") == Admission(canceled=True, deliveries=5)
 
 
@@ -198,24 +194,14 @@ def test_replay_needs_task_ids_or_all(capsys: pytest.CaptureFixture[str], tmp_pa
 
 def test_admission_dead_letters_the_delivery_after_the_cap(file_backend: Any) -> None:
     producer = Producer()
-    stopped: list[Any] = []
-    control = TaskControl(
-        "prefork",
-        lambda: file_backend,
-        lambda task, error: stopped.append(error),
-        CrashLoopGuard(2, QUEUE, DEAD),
-    )
+    guard = CrashLoopGuard(2, QUEUE, DEAD)
     task = poison_task(producer)
     task.backend = file_backend
     task.request.hostname = "w@host"
     for _ in range(2):
-        control.admit(task, TaskLimits())
+        assert admit_task(task, TaskLimits(), guard) is None
         assert file_backend.get_task_meta("t-1")["status"] == "STARTED"
-    with pytest.raises(Ignore):
-        control.admit(task, TaskLimits())
-    meta = file_backend.get_task_meta("t-1")
-    assert meta["status"] == "FAILURE"
-    assert isinstance(meta["result"], DeadLettered)
-    assert "dead-lettered after 2 deliveries" in str(meta["result"])
-    assert [type(error) for error in stopped] == [DeadLettered]
+    error = admit_task(task, TaskLimits(), guard)
+    assert isinstance(error, DeadLettered)
+    assert "dead-lettered after 2 deliveries" in str(error)
     assert len(producer.published) == 1

@@ -433,14 +433,16 @@ def test_session_is_created_once_and_shared_by_threads(server: EchoServer) -> No
     assert forward.session() is sessions[0]
 
 
-def test_new_session_when_the_pid_changes(server: EchoServer) -> None:
+def test_new_session_when_the_pid_changes(
+    server: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     forward = make_forwarder(server.server_port)
     first = forward.session()
     assert forward.session() is first
-    forward._session_pid = os.getpid() + 1  # as seen by a forked child
+    child_pid = os.getpid() + 1
+    monkeypatch.setattr(os, "getpid", lambda: child_pid)  # as seen by a forked child
     second = forward.session()
     assert second is not first
-    assert forward._session_pid == os.getpid()
     assert forward.session() is second
 
 
@@ -455,14 +457,14 @@ def test_forked_child_gets_its_own_session(server: EchoServer) -> None:
         code = 1
         try:
             os.close(read_end)
-            inherited = forward._session
+            inherited = forward._session.peek()
             child_session = forward.session()
             reply = forward({"args": {"who": "child"}})
             report = {
                 "inherited_is_parent": inherited is parent_session,
                 "new_session": child_session is not parent_session,
                 "stable": forward.session() is child_session,
-                "pid_recorded": forward._session_pid == os.getpid(),
+                "kept_for_this_process": forward._session.peek() is child_session,
                 "session_id": id(child_session),
                 "reply": reply,
             }
@@ -478,10 +480,10 @@ def test_forked_child_gets_its_own_session(server: EchoServer) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     report = json.loads(b"".join(chunks))
-    assert report["inherited_is_parent"] is True
+    assert report["inherited_is_parent"] is False, "a child never sees its parent's pool"
     assert report["new_session"] is True
     assert report["stable"] is True
-    assert report["pid_recorded"] is True
+    assert report["kept_for_this_process"] is True
     assert report["session_id"] != id(parent_session)
     assert report["reply"] == {"result": '{"who": "child"}', "status_code": 200}
     # The parent's session is untouched and still works.

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from forwarder.client.idempotency import (
-    KEY_PREFIX,
     FileStore,
     IdempotencyKeyReused,
     RedisStore,
@@ -26,6 +25,7 @@ from forwarder.client.idempotency import (
     submit_once,
 )
 from forwarder.config.settings import load_settings
+from forwarder.protocol import IDEMPOTENCY_KEY_PREFIX
 
 PROCESSES = 8
 
@@ -133,7 +133,7 @@ def test_submit_once_releases_the_key_when_sending_fails(tmp_path: Path) -> None
 
 def test_keys_are_hashed_and_scoped() -> None:
     key = scoped_key("../../etc/passwd")
-    assert key.startswith(KEY_PREFIX)
+    assert key.startswith(IDEMPOTENCY_KEY_PREFIX)
     assert "/" not in key and ".." not in key
     assert scoped_key("k", "token-a") != scoped_key("k", "token-b") != scoped_key("k")
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})

@@ -1,7 +1,7 @@
 """The public API of ``forwarder``, and the small public pieces it exposes.
 
 Besides ``forwarder.__all__``, this covers the client's ``TaskResult`` and error message (what
-``forwarder get`` and the gateway show) and the worker's retry backoff.
+``forwarder get`` and the gateway show) and the backoff every retry waits by.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 import forwarder
+from forwarder import backoff as backoff_module
+from forwarder import protocol
+from forwarder.backoff import backoff
 from forwarder.client import broker as client_module
 from forwarder.client.broker import TaskResult, _error_message
-from forwarder.worker import app as worker_module
-from forwarder.worker.app import retry_delay
 
 INTENDED = {
     "__version__": None,
@@ -42,7 +43,7 @@ INTENDED = {
     "TaskStopped": "forwarder.errors",
     "TaskWaitTimeout": "forwarder.errors",
     "Forwarder": "forwarder.worker.forwarding",
-    "FINAL_STATES": "forwarder.client.broker",
+    "FINAL_STATES": "forwarder.protocol",
     "ForwarderClient": "forwarder.client.broker",
     "GatewayClient": "forwarder.client.gateway",
     "TaskResult": "forwarder.client.broker",
@@ -50,8 +51,8 @@ INTENDED = {
     "Settings": "forwarder.config.settings",
     "WorkerSettings": "forwarder.config.settings",
     "load_settings": "forwarder.config.settings",
-    "LIRA_TASK_NAME": "forwarder.worker.app",
-    "LEGACY_TASK_NAME": "forwarder.worker.app",
+    "LIRA_TASK_NAME": "forwarder.protocol",
+    "LEGACY_TASK_NAME": "forwarder.protocol",
 }
 
 
@@ -215,9 +216,9 @@ def test_error_message_fallback_forms(stored: dict[str, Any], expected: str) -> 
     assert _error_message(stored) == expected
 
 
-def test_client_module_exports() -> None:
-    assert client_module.__all__ == ["FINAL_STATES", "ForwarderClient", "TaskResult"]
-    assert sorted(client_module.FINAL_STATES) == [
+def test_client_module_exports_and_final_states() -> None:
+    assert client_module.__all__ == ["ForwarderClient", "TaskResult"]
+    assert sorted(protocol.FINAL_STATES) == [
         "CANCELED",
         "EXPIRED",
         "FAILURE",
@@ -230,27 +231,27 @@ def test_client_module_exports() -> None:
 
 
 @pytest.mark.parametrize("cap", [0.5, 1.0, 5.0, 30.0, 300.0])
-def test_retry_delay_stays_within_jittered_bounds(
-    cap: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(worker_module, "random", random.Random(cap))
+def test_backoff_stays_within_jittered_bounds(cap: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backoff_module, "random", random.Random(cap))
     for attempt in range(0, 16):
         upper = min(cap, 2.0**attempt)
-        delays = [retry_delay(attempt, cap) for _ in range(200)]
+        delays = [backoff(attempt, 1.0, cap) for _ in range(200)]
         assert all(0.5 * upper <= delay <= upper for delay in delays), (attempt, cap)
         # Jitter: the delays spread over the range rather than sitting on one value.
         assert max(delays) - min(delays) > 0.3 * upper
 
 
-def test_retry_delay_grows_then_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backoff_grows_from_its_base_then_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     class Top:
         @staticmethod
         def uniform(low: float, high: float) -> float:
             return high
 
-    monkeypatch.setattr(worker_module, "random", Top())
-    assert [retry_delay(n, 30.0) for n in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
-    assert retry_delay(200, 30.0) == 30.0
+    monkeypatch.setattr(backoff_module, "random", Top())
+    assert [backoff(n, 1.0, 30.0) for n in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert [backoff(n, 0.1, 1.0) for n in range(5)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])
+    assert backoff(200, 1.0, 30.0) == 30.0
+    assert backoff(5000, 0.1, float("inf")) > 1e18, "no overflow past any cap"
 
 
 def test_client_without_settings_reads_the_environment(
@@ -270,7 +271,7 @@ def test_client_without_settings_reads_the_environment(
 def test_queue_wait_from_any_form_of_arrival_timestamp() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from forwarder.worker.app import queue_wait_seconds
+    from forwarder.worker.lifecycle import queue_wait_seconds
 
     ago = datetime.now() - timedelta(seconds=5)
     for arrival in (ago, ago.isoformat(), datetime.now(UTC) - timedelta(seconds=5)):

@@ -1,8 +1,9 @@
 """Task limits, cancel markers and the interruption of a model call, in one process.
 
 The interrupters are exercised on real sockets: SIGALRM in this (main) thread for prefork, and
-greenlets on gevent's own sockets (nothing is monkey-patched here). The admission and the stopped
-states go through the forwarder's real file result backend in a temporary folder.
+greenlets on gevent's own sockets (nothing is monkey-patched here). The cancel markers and the
+client's cancel go through the forwarder's real file result backend in a temporary folder; the
+admission and the stopped states are in test_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.exceptions import Ignore
 
 from forwarder.celery_ext.backends.filesystem import FilesystemBackend
 from forwarder.client.broker import ForwarderClient
@@ -29,18 +29,11 @@ from forwarder.config.settings import ModelServerSettings, load_settings
 from forwarder.devtools.echo_server import make_server
 from forwarder.errors import PayloadError, TaskCanceled, TaskDeadlineExceeded, TaskStopped
 from forwarder.hooks import TaskOutcome
-from forwarder.worker.control import (
-    CANCELED,
-    EXPIRED,
-    TIMEOUT,
-    TaskControl,
-    TaskLimits,
-    _Watcher,
-    cancel_key,
-)
-from forwarder.worker.crash_loop import CrashLoopGuard
+from forwarder.protocol import EXPIRED, TIMEOUT
+from forwarder.worker.cancel_watch import CancelWatch, Watcher
 from forwarder.worker.forwarding import Forwarder
 from forwarder.worker.interrupts import Call, GreenletInterrupter, Interrupt, SignalInterrupter
+from forwarder.worker.limits import TaskLimits
 
 HOST = "127.0.0.1"
 
@@ -330,13 +323,13 @@ def backend(tmp_path: Path) -> Iterator[Any]:
 
 def test_the_watcher_interrupts_only_the_canceled_calls(backend: Any) -> None:
     interrupter = RecordingInterrupter()
-    watcher = _Watcher(lambda: backend, interrupter)  # type: ignore[arg-type]
+    watcher = Watcher(lambda: backend, interrupter)  # type: ignore[arg-type]
     calls = [Call(task_id, None, None) for task_id in ("a", "b", "c")]
     for call in calls:
         watcher._calls.add(call)
-    backend.set(cancel_key(backend, "b"), "{}")
+    backend.set(backend.cancel_key("b"), "{}")
     calls[2].armed = False  # ended: never interrupted
-    backend.set(cancel_key(backend, "c"), "{}")
+    backend.set(backend.cancel_key("c"), "{}")
     watcher.poll()
     assert interrupter.interrupted == [("b", TaskCanceled)]
 
@@ -346,16 +339,14 @@ def test_the_watcher_thread_reads_markers_only_while_calls_run(backend: Any) -> 
     interrupter = RecordingInterrupter()
 
     class Counting:
-        key_t = staticmethod(backend.key_t)
+        def canceled(self, task_ids: list[str]) -> list[bool]:
+            reads.append(len(task_ids))
+            return list(backend.canceled(task_ids))
 
-        def mget(self, keys: list[Any]) -> Any:
-            reads.append(len(keys))
-            return backend.mget(keys)
-
-    watcher = _Watcher(Counting, interrupter)  # type: ignore[arg-type]
+    watcher = Watcher(Counting, interrupter)  # type: ignore[arg-type]
     call = Call("running", None, None)
     watcher.add(call)
-    backend.set(cancel_key(backend, "running"), "{}")
+    backend.set(backend.cancel_key("running"), "{}")
     deadline = time.monotonic() + 3
     while not interrupter.interrupted and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -374,16 +365,14 @@ def test_a_failing_backend_is_logged_once_per_outage(
     failing = [True]
 
     class Flaky:
-        key_t = staticmethod(backend.key_t)
-
-        def mget(self, keys: list[Any]) -> Any:
+        def canceled(self, task_ids: list[str]) -> list[bool]:
             if failing[0]:
                 raise ConnectionError("backend down")
-            return [None] * len(keys)
+            return [False] * len(task_ids)
 
-    watcher = _Watcher(Flaky, RecordingInterrupter())  # type: ignore[arg-type]
+    watcher = Watcher(Flaky, RecordingInterrupter())  # type: ignore[arg-type]
     watcher._calls.add(Call("a", None, None))
-    with caplog.at_level(logging.WARNING, logger="forwarder.worker.control"):
+    with caplog.at_level(logging.WARNING, logger="forwarder.worker.cancel_watch"):
         watcher.poll()
         watcher.poll()
         failing[0] = False
@@ -394,57 +383,12 @@ def test_a_failing_backend_is_logged_once_per_outage(
     assert messages == ["cannot read cancel markers: ConnectionError: backend down"] * 2
 
 
-# ------------------------------------------------------------------------- admission and stops
-
-
-def make_task(backend: Any, task_id: str = "task-1") -> Any:
-    request = SimpleNamespace(
-        id=task_id, hostname="w@host", args=[{"args": {}}, None], kwargs={}, retries=0
-    )
-    return SimpleNamespace(request=request, backend=backend)
+# ------------------------------------------------------------------------- a guarded model call
 
 
 @pytest.fixture
-def control(backend: Any) -> tuple[TaskControl, list[tuple[str, TaskStopped]]]:
-    stopped: list[tuple[str, TaskStopped]] = []
-    control = TaskControl(
-        "prefork",
-        lambda: backend,
-        lambda task, error: stopped.append((task.request.id, error)),
-        CrashLoopGuard(5, "inference", "inference-dead-letter"),
-    )
-    return control, stopped
-
-
-def test_an_admitted_task_is_stored_started(backend: Any, control: Any) -> None:
-    task_control, stopped = control
-    task_control.admit(make_task(backend), TaskLimits.parse(30, None, time.time()))
-    meta = backend.get_task_meta("task-1")
-    assert meta["status"] == "STARTED"
-    assert meta["result"] == {"pid": os.getpid(), "hostname": "w@host"}
-    assert stopped == []
-
-
-def test_an_expired_task_is_stored_expired_and_ignored(backend: Any, control: Any) -> None:
-    task_control, stopped = control
-    with pytest.raises(Ignore):
-        task_control.admit(make_task(backend), TaskLimits.parse(1, None, time.time() - 5))
-    meta = backend.get_task_meta("task-1")
-    assert meta["status"] == EXPIRED
-    assert meta["result"]["exc_type"] == "TaskExpired"
-    assert "custom" in meta["result"]
-    assert [error.state for _, error in stopped] == [EXPIRED]
-
-
-def test_a_canceled_task_stays_canceled_even_once_expired(backend: Any, control: Any) -> None:
-    task_control, stopped = control
-    backend.set(cancel_key(backend, "task-1"), "{}")
-    with pytest.raises(Ignore):
-        task_control.admit(make_task(backend), TaskLimits.parse(1, None, time.time() - 5))
-    assert backend.get_task_meta("task-1")["status"] == CANCELED
-    assert [str(error) for _, error in stopped] == [
-        "canceled before it started; not forwarded to the model server"
-    ]
+def watch(backend: Any) -> CancelWatch:
+    return CancelWatch(lambda: backend, SignalInterrupter)
 
 
 @pytest.mark.parametrize(
@@ -455,41 +399,45 @@ def test_a_canceled_task_stays_canceled_even_once_expired(backend: Any, control:
             TIMEOUT,
             "the model call took longer than its timeout_seconds=0.25; the call was abandoned",
         ),
-        (TaskCanceled, CANCELED, "canceled during its model call; the call was abandoned"),
+        (TaskCanceled, "CANCELED", "canceled during its model call; the call was abandoned"),
     ],
 )
-def test_an_interrupted_call_stores_its_state_once(
-    backend: Any,
-    control: Any,
+def test_an_interrupted_call_raises_its_stopped_error(
+    watch: CancelWatch,
     sigalrm: Any,
     reason: type[TaskStopped],
     state: str,
     message: str,
 ) -> None:
-    task_control, stopped = control
     before = signal.getitimer(signal.ITIMER_REAL)[0]  # pytest-timeout's, if it set one
     with (
-        pytest.raises(Ignore),
-        task_control.interruptible(make_task(backend), TaskLimits.parse(timeout_seconds=0.25)),
+        pytest.raises(TaskStopped) as caught,
+        watch.guard("task-1", TaskLimits.parse(timeout_seconds=0.25)),
     ):
         raise Interrupt(reason)
-    meta = backend.get_task_meta("task-1")
-    assert meta["status"] == state
-    assert meta["result"]["exc_message"] == [message]
-    assert [(task_id, str(error)) for task_id, error in stopped] == [("task-1", message)]
-    assert not task_control.watcher()._calls, "the call is no longer watched"
+    assert (type(caught.value), caught.value.state, str(caught.value)) == (reason, state, message)
+    assert caught.value.__suppress_context__, "the Interrupt is not shown as its cause"
+    assert not watch.watcher()._calls, "the call is no longer watched"
     assert before - 1 < signal.getitimer(signal.ITIMER_REAL)[0] <= before, "the timer was put back"
 
 
-def test_a_call_that_ends_in_time_is_disarmed(backend: Any, control: Any, sigalrm: Any) -> None:
-    task_control, stopped = control
+def test_a_call_that_ends_in_time_is_disarmed(watch: CancelWatch, sigalrm: Any) -> None:
     before = signal.getitimer(signal.ITIMER_REAL)[0]
-    with task_control.interruptible(make_task(backend), TaskLimits.parse(timeout_seconds=5)):
-        assert len(task_control.watcher()._calls) == 1
+    with watch.guard("task-1", TaskLimits.parse(timeout_seconds=5)):
+        assert len(watch.watcher()._calls) == 1
         assert 4 < signal.getitimer(signal.ITIMER_REAL)[0] <= 5
-    assert not task_control.watcher()._calls
+    assert not watch.watcher()._calls
     assert before - 1 < signal.getitimer(signal.ITIMER_REAL)[0] <= before
-    assert stopped == []
+
+
+def test_each_process_watches_with_its_own_watcher(
+    watch: CancelWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = watch.watcher()
+    assert watch.watcher() is parent
+    child_pid = os.getpid() + 1
+    monkeypatch.setattr(os, "getpid", lambda: child_pid)  # as seen by a forked child
+    assert watch.watcher() is not parent
 
 
 # ------------------------------------------------------------------------------------ the client
@@ -543,7 +491,7 @@ def test_cancel_of_a_queued_task_stores_canceled_and_is_idempotent(
     assert canceled.error == "canceled before it started; not forwarded to the model server"
     assert client.cancel(task_id) == canceled
     backend = client.app.backend
-    assert backend.get(cancel_key(backend, task_id)) is not None
+    assert backend.get(backend.cancel_key(task_id)) is not None
     assert client.wait(task_id, timeout=1) == canceled
 
 
@@ -553,7 +501,7 @@ def test_cancel_of_a_running_task_leaves_the_marker_for_its_worker(
     backend = client.app.backend
     backend.store_result("running", {"pid": 1, "hostname": "w"}, "STARTED")
     assert client.cancel("running").status == "STARTED"
-    assert backend.get(cancel_key(backend, "running")) is not None
+    assert backend.get(backend.cancel_key("running")) is not None
 
 
 @pytest.mark.parametrize("state", ["SUCCESS", "FAILURE", EXPIRED, TIMEOUT])
@@ -568,7 +516,7 @@ def test_cancel_of_a_final_task_changes_nothing(client: ForwarderClient, state: 
     before = client.get("done")
     assert before.ready
     assert client.cancel("done") == before
-    assert backend.get(cancel_key(backend, "done")) is None
+    assert backend.get(backend.cancel_key("done")) is None
 
 
 def test_celerys_revoked_reads_as_canceled(client: ForwarderClient) -> None:

@@ -72,9 +72,9 @@ class PreforkPool(TaskPool):  # type: ignore[misc]
         """
         pool = self._pool
         cache = getattr(pool, "_cache", None) or {}
-        for job, result in list(cache.items()):
-            if getattr(result, "correlation_id", None) == task_id and not result._accepted:
-                cache.pop(job, None)
+        for result in list(cache.values()):
+            if getattr(result, "correlation_id", None) == task_id and not result.accepted():
+                result.discard()
                 putlock = getattr(pool, "_putlock", None)
                 if putlock is not None:
                     putlock.release()

@@ -76,14 +76,14 @@ class Transport(redis.Transport):
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()
-        # Redis's cycle is a MultiChannelPoller, not the FairCycle kombu's base class declares.
-        poller: Any = self.cycle
-        channels = getattr(poller, "_channels", ())
+        # The transport's own list of its open channels: the ones its poller polls.
+        channels = list(self.channels)
         if now < self._next_sweep or not channels:
             return
         self._next_sweep = now + min(ch.unacked_restore_interval for ch in channels)
+        # Redis's cycle is a MultiChannelPoller, not the FairCycle kombu's base class declares.
+        poller: Any = self.cycle
         poller.maybe_restore_messages()
 
     def _saturated(self) -> bool:
-        channels = getattr(self.cycle, "_channels", ())
-        return any(ch.active_queues and not ch.qos.can_consume() for ch in channels)
+        return any(ch.active_queues and not ch.qos.can_consume() for ch in list(self.channels))

@@ -3,9 +3,9 @@
 kombu receives from predefined queues without a visibility timeout of its own, so the queue's
 attribute applies; a task still running when it passes becomes visible again, and another slot or
 worker runs it a second time (measured: 3 tasks of 5 s on a 2 s queue made 7 model calls). A
-consumer step here renews the visibility of every message the worker has taken and not yet
-acknowledged, every half timeout, by the queue's own timeout: a message whose worker dies still
-comes back after at most one timeout.
+consumer step here renews the visibility of every message the worker holds (Celery's records of
+the tasks waiting for a slot, running, or waiting for their countdown), every half timeout, by the
+queue's own timeout: a message whose worker dies still comes back after at most one timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 from celery import bootsteps
+from celery.worker import state as worker_state
 
 __all__ = ["KeepVisible"]
 
@@ -49,6 +50,24 @@ class KeepVisible(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
             self.timer_ref.cancel()
             self.timer_ref = None
 
+    def _held(self) -> dict[str, list[str]]:
+        """The receipt handle of every message the worker holds, by queue URL, each once."""
+        held: dict[str, dict[str, None]] = defaultdict(dict)
+        # Waiting for a slot, running, or waiting for its countdown: Celery's own records of
+        # them, whose kombu messages carry the SQS receipt.
+        requests = [
+            *worker_state.reserved_requests,
+            *worker_state.active_requests,
+            *worker_state.scheduled_requests,
+        ]
+        for request in requests:
+            info = getattr(request.message, "delivery_info", None) or {}
+            receipt = (info.get("sqs_message") or {}).get("ReceiptHandle")
+            url = info.get("sqs_queue")
+            if receipt and url in self.timeouts:
+                held[url][receipt] = None
+        return {url: list(receipts) for url, receipts in held.items()}
+
     @staticmethod
     def _queue_timeout(channel: Any, name: str, options: dict[str, Any]) -> int:
         try:
@@ -62,14 +81,7 @@ class KeepVisible(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is u
             return int(options.get("visibility_timeout") or 30)
 
     def renew(self, channel: Any) -> None:
-        held: dict[str, list[str]] = defaultdict(list)
-        for message in list(channel.qos._delivered.values()):
-            info = getattr(message, "delivery_info", None) or {}
-            receipt = (info.get("sqs_message") or {}).get("ReceiptHandle")
-            url = info.get("sqs_queue")
-            if receipt and url in self.timeouts:
-                held[url].append(receipt)
-        for url, receipts in held.items():
+        for url, receipts in self._held().items():
             for start in range(0, len(receipts), BATCH):
                 entries = [
                     {

@@ -109,7 +109,7 @@ def _submit_to_broker(
     args: argparse.Namespace, payload: dict[str, Any], ttl: float | None, timeout: float | None
 ) -> tuple[TaskResult | None, str]:
     from forwarder.client.broker import ForwarderClient
-    from forwarder.worker.app import LEGACY_TASK_NAME, LIRA_TASK_NAME
+    from forwarder.protocol import LEGACY_TASK_NAME, LIRA_TASK_NAME
 
     settings = settings_from(args)
     task_name = LEGACY_TASK_NAME if args.legacy_task_name else LIRA_TASK_NAME

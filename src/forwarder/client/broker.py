@@ -18,18 +18,11 @@ from celery import Celery, states
 from forwarder.celery_ext.brokers import celery_app
 from forwarder.config.settings import Settings, load_settings
 from forwarder.errors import TaskCanceled, TaskWaitTimeout
-from forwarder.worker.app import LIRA_TASK_NAME
-from forwarder.worker.control import (
-    CANCELED,
-    CANCELED_QUEUED,
-    FINAL_STATES,
-    STOPPED_STATES,
-    TaskLimits,
-    cancel_key,
-    store_stopped,
-)
+from forwarder.protocol import CANCELED, FINAL_STATES, LIRA_TASK_NAME, STOPPED_STATES
+from forwarder.worker.admission import CANCELED_QUEUED
+from forwarder.worker.limits import TaskLimits
 
-__all__ = ["FINAL_STATES", "ForwarderClient", "TaskResult"]
+__all__ = ["ForwarderClient", "TaskResult"]
 
 # A task in these states is in no worker's hands: a cancel can store CANCELED at once.
 _NOT_RUNNING = frozenset({states.PENDING, states.RETRY})
@@ -153,7 +146,7 @@ class ForwarderClient:
             return current
         backend = self.app.backend
         backend.set(
-            cancel_key(backend, task_id),
+            backend.cancel_key(task_id),
             json.dumps({"task_id": task_id, "canceled_at": time.time()}),
         )
         # Read after the marker is down: a worker starting the task from now on sees the marker;
@@ -161,7 +154,7 @@ class ForwarderClient:
         # as it started), and its watcher ends the call.
         current = self.get(task_id)
         if current.status in _NOT_RUNNING:
-            store_stopped(backend, task_id, TaskCanceled(CANCELED_QUEUED))
+            backend.store_stopped(task_id, TaskCanceled(CANCELED_QUEUED))
             current = self.get(task_id)
         return current
 

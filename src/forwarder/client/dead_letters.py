@@ -25,7 +25,7 @@ from kombu.serialization import loads
 from forwarder.celery_ext.brokers import broker_config
 from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError
-from forwarder.worker.crash_loop import DeadLetter, deliveries_key
+from forwarder.worker.crash_loop import DeadLetter
 
 __all__ = ["Entry", "open_dead_letters", "replay"]
 
@@ -154,7 +154,7 @@ def replay(
             continue
         try:
             for retries in {0, letter.retries}:
-                backend.delete(deliveries_key(backend, letter.task_id, retries))
+                backend.delete(backend.deliveries_key(letter.task_id, retries))
             backend.forget(letter.task_id)
             app.send_task(
                 letter.task,

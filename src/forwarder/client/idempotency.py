@@ -28,12 +28,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 from forwarder.config.parsers import s3_location
 from forwarder.config.settings import Settings
 from forwarder.errors import ClientError, ConfigError
+from forwarder.extras import import_extra
+from forwarder.protocol import IDEMPOTENCY_KEY_PREFIX
 
 __all__ = [
     "Claim",
@@ -48,7 +51,6 @@ __all__ = [
     "submit_once",
 ]
 
-KEY_PREFIX = "forwarder-idempotency:"
 MAX_KEY_LENGTH = 255
 # A claim that expires between a refused create and the read of it is tried again, this often.
 CLAIM_ATTEMPTS = 5
@@ -83,7 +85,7 @@ def scoped_key(key: str, principal: str = "") -> str:
     ``principal`` keeps the keys of different callers (tokens) apart.
     """
     digest = hashlib.sha256(f"{principal}\0{key}".encode()).hexdigest()
-    return f"{KEY_PREFIX}{digest}"
+    return f"{IDEMPOTENCY_KEY_PREFIX}{digest}"
 
 
 def fingerprint(request: Mapping[str, Any]) -> str:
@@ -137,17 +139,13 @@ def _parse_record(raw: bytes | str) -> tuple[str, str, float] | None:
 
 
 class RedisStore:
-    # Delete only the caller's own claim: another may have replaced it after it expired.
-    _RELEASE = (
-        "local v = redis.call('get', KEYS[1]) "
-        "if v and cjson.decode(v)['task_id'] == ARGV[1] then return redis.call('del', KEYS[1]) end "
-        "return 0"
-    )
-
     def __init__(self, url: str) -> None:
         import redis
 
         self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self._release = self.redis.register_script(
+            (resources.files("forwarder.client") / "lua" / "release_claim.lua").read_text()
+        )
 
     def claim(self, key: str, task_id: str, fingerprint: str, retention: float) -> Claim:
         for _ in range(CLAIM_ATTEMPTS):
@@ -161,7 +159,7 @@ class RedisStore:
         raise ClientError(f"idempotency key {key} could not be claimed")
 
     def release(self, key: str, task_id: str) -> None:
-        self.redis.eval(self._RELEASE, 1, key, task_id)
+        self._release(keys=[key], args=[task_id])
 
     def close(self) -> None:
         self.redis.close()
@@ -173,7 +171,7 @@ class FileStore:
         folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.folder / key.removeprefix(KEY_PREFIX)
+        return self.folder / key.removeprefix(IDEMPOTENCY_KEY_PREFIX)
 
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
@@ -225,14 +223,9 @@ class FileStore:
 
 class S3Store:
     def __init__(self, url: str) -> None:
-        try:
-            import boto3
-        except ImportError:
-            raise ConfigError(
-                "--result-backend",
-                url,
-                "s3:// with boto3 installed: pip install 'inference-forwarder[aws]'",
-            ) from None
+        boto3 = import_extra(
+            "boto3", "aws", lambda hint: ConfigError("--result-backend", url, f"s3:// with {hint}")
+        )
         location = s3_location(url)
         self.bucket = location.bucket
         self.prefix = f"{location.prefix}idempotency/"
@@ -243,7 +236,7 @@ class S3Store:
         self.client = session.client("s3")
 
     def _object(self, key: str) -> str:
-        return self.prefix + key.removeprefix(KEY_PREFIX)
+        return self.prefix + key.removeprefix(IDEMPOTENCY_KEY_PREFIX)
 
     def _error_code(self, exc: Exception) -> str:
         response = getattr(exc, "response", None) or {}

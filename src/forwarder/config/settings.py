@@ -41,6 +41,7 @@ from forwarder.config.parsers import (
     route,
 )
 from forwarder.errors import ConfigError
+from forwarder.protocol import DEAD_LETTER_SUFFIX
 from forwarder.worker import gevent_switch as pool_switch
 
 __all__ = ["ModelServerSettings", "Settings", "WorkerSettings", "load_settings", "mask_url"]
@@ -54,8 +55,6 @@ TASK_VISIBILITY_SECONDS = {
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
 TRACING = ("off", "otel")
-# A dash, not a dot: kombu's SQS transport would turn a dot into one anyway.
-DEAD_LETTER_SUFFIX = "-dead-letter"
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,17 @@ holds one client per process instead and only rebuilds it near expiry.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from forwarder.config.hooks import LoggingSettings
 from forwarder.errors import ConfigError
+from forwarder.extras import import_extra
 from forwarder.observability.metrics import recorder
+from forwarder.process_local import ProcessLocal
 
 __all__ = [
     "DEFAULT_LEEWAY",
@@ -40,12 +42,25 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 15.0
 
 
+@dataclass
+class _Held(Generic[T]):
+    """One process's client and counts; its lock is that process's own."""
+
+    client: tuple[T, datetime | None] | None = None  # (client, expiry), swapped in as one
+    builds: int = 0
+    failed_builds: int = 0
+    # Under gevent the patched threading makes this a greenlet lock.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class RefreshingClient(Generic[T]):
     """One client per process from ``build``, rebuilt when it is within ``leeway`` of expiry.
 
     ``build`` returns ``(client, expiry)``; an expiry of None never expires. The pair is swapped
     in together, so a failed rebuild leaves the old client and its expiry in place: the old
     client is served and the next ``get()`` tries again. With no client yet, the error is raised.
+    A client inherited through fork shares its connections with the parent: a child builds its
+    own, and counts its own builds.
     """
 
     def __init__(
@@ -58,70 +73,59 @@ class RefreshingClient(Generic[T]):
         self._build = build
         self.leeway = leeway
         self.name = name
-        self.builds = 0
-        self.failed_builds = 0
-        self._state: tuple[T, datetime | None] | None = None
-        self._pid = os.getpid()
-        # Under gevent the patched threading makes this a greenlet lock.
-        self._lock = threading.Lock()
+        self._held: ProcessLocal[_Held[T]] = ProcessLocal(_Held)
 
     @property
     def expiry(self) -> datetime | None:
-        state = self._state
-        return None if state is None else state[1]
+        held = self._held.get().client
+        return None if held is None else held[1]
+
+    @property
+    def builds(self) -> int:
+        return self._held.get().builds
+
+    @property
+    def failed_builds(self) -> int:
+        return self._held.get().failed_builds
 
     def _expiring(self, expiry: datetime | None) -> bool:
         return expiry is not None and datetime.now(UTC) >= expiry - self.leeway
 
     def get(self) -> T:
-        pid = os.getpid()
-        if self._pid != pid:
-            # A client inherited through fork shares its connections with the parent, and the
-            # lock may have been held by a parent thread that does not exist here. Only the
-            # forking thread survives a fork, so nothing else can be using either yet; the
-            # lock is replaced before the pid so that a thread seeing the new pid sees it too.
-            # The counts are this process's, like the client.
-            self._lock = threading.Lock()
-            self._state = None
-            self.builds = self.failed_builds = 0
-            self._pid = pid
-        state = self._state
-        if state is not None and not self._expiring(state[1]):
-            return state[0]
-        with self._lock:
-            state = self._state
-            if state is not None and not self._expiring(state[1]):
-                return state[0]
+        held = self._held.get()
+        current = held.client
+        if current is not None and not self._expiring(current[1]):
+            return current[0]
+        with held.lock:
+            current = held.client
+            if current is not None and not self._expiring(current[1]):
+                return current[0]
             try:
                 fresh = self._build()
             except Exception:
-                self.failed_builds += 1
+                held.failed_builds += 1
                 recorder().aws_client_built(self.name, ok=False)
-                if state is None:
+                if current is None:
                     raise
                 log.warning(
                     "rebuilding the AWS client failed; keeping the current one (expires %s)",
-                    state[1],
+                    current[1],
                     exc_info=True,
                 )
-                return state[0]
-            self._state = fresh
-            self.builds += 1
+                return current[0]
+            held.client = fresh
+            held.builds += 1
             recorder().aws_client_built(self.name, ok=True)
             return fresh[0]
 
 
 def import_boto3() -> Any:
     """boto3, or a ConfigError saying how to install it (it is an optional dependency)."""
-    try:
-        import boto3
-    except ImportError:
-        raise ConfigError(
-            "logging.sink",
-            "firehose",
-            "the firehose sink with boto3 installed: pip install 'inference-forwarder[aws]'",
-        ) from None
-    return boto3
+    return import_extra(
+        "boto3",
+        "aws",
+        lambda hint: ConfigError("logging.sink", "firehose", f"the sink with {hint}"),
+    )
 
 
 def aws_region(settings: LoggingSettings) -> str:

@@ -58,10 +58,10 @@ def summarize(value: Any) -> str:
 
 
 def _task_context() -> dict[str, str]:
-    from celery._state import get_current_task
+    from celery import current_task
 
-    task = get_current_task()
-    request = getattr(task, "request", None)
+    # A proxy of the task running in this thread (or greenlet); without one, it has no request.
+    request = getattr(current_task, "request", None)
     task_id = getattr(request, "id", None)
     if not task_id:
         return {}

@@ -14,9 +14,10 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["TRACE_KEYS", "enable_spans", "model_call_span", "pop_trace_context"]
+from forwarder.protocol import TRACE_KEYS
 
-TRACE_KEYS = ("traceparent", "tracestate")
+__all__ = ["enable_spans", "model_call_span", "pop_trace_context"]
+
 # version-traceid-parentid-flags; all-zero ids are invalid.
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 

@@ -1,56 +1,38 @@
 """The worker: one task, registered under both of model-engine's names, run by a Celery worker.
 
-A task POSTs its payload to the model server and returns the shaped reply. A connection error
-(the model server may be restarting) sends the task back through the broker with backoff, up to
-``model_retries`` times; any other error fails that task alone, with model-engine's ``custom``
-error payload stored next to Celery's ``exc_type`` / ``exc_message``.
-
-A client may limit a task's time in the queue and its model call, and cancel it: the task then
-ends EXPIRED, TIMEOUT or CANCELED without a model reply (see ``forwarder.worker.control``). A task
-delivered more than ``max_deliveries`` times without finishing (it keeps killing its worker
-process) ends FAILURE and is copied to the dead-letter queue (see ``forwarder.worker.crash_loop``).
-
-Once a task has reached its final state and its result is stored, the post-inference hooks run in
-the same slot: from ``after_return`` for SUCCESS and FAILURE, and from the task itself for the
-states it ends with ``Ignore`` (for which Celery calls no ``after_return``); a retry is not final,
-so it runs none. Each process closes its hooks (flushing what its sinks buffer) when it stops: a
-prefork child when it exits or is recycled, a gevent worker at warm shutdown.
+The task's body is the lifecycle's pipeline (``forwarder.worker.lifecycle``): it POSTs the payload
+to the model server and returns the shaped reply, and each final state ends in the lifecycle's
+``finish``, which runs the post-inference hooks. Each process closes its hooks (flushing what its
+sinks buffer) when it stops: a prefork child when it exits or is recycled, a gevent worker at
+warm shutdown.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import random
-import time
-from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task, signals
 
 from forwarder.celery_ext.brokers import broker_config, celery_app
 from forwarder.config.settings import Settings, mask_url
-from forwarder.errors import ConfigError, ForwarderError, ModelServerUnavailable, TaskStopped
-from forwarder.hooks import HookRunner, TaskOutcome, build_hooks
+from forwarder.errors import ConfigError, ForwarderError
+from forwarder.hooks import HookRunner, build_hooks
 from forwarder.observability.metrics import enable as enable_metrics
-from forwarder.observability.metrics import recorder
-from forwarder.observability.tracing import enable_spans, model_call_span, pop_trace_context
-from forwarder.worker.control import TaskControl, TaskLimits
+from forwarder.observability.tracing import enable_spans
+from forwarder.protocol import FAILURE, SUCCESS, TASK_NAMES
+from forwarder.worker.cancel_watch import CancelWatch
 from forwarder.worker.crash_loop import CrashLoopGuard
 from forwarder.worker.forwarding import Forwarder
 from forwarder.worker.gevent_switch import check_gevent_patched
+from forwarder.worker.interrupts import interrupter_for
+from forwarder.worker.lifecycle import Outcome, TaskLifecycle
+from forwarder.worker.retry import RetryPolicy
 
-__all__ = ["LEGACY_TASK_NAME", "LIRA_TASK_NAME", "TASK_NAMES", "create_worker_app", "run_worker"]
-
-LIRA_TASK_NAME = "ml_serve.celery_service.exec_func"
-LEGACY_TASK_NAME = "hosted_model_inference.inference.async_inference.tasks.predict"
-TASK_NAMES = (LIRA_TASK_NAME, LEGACY_TASK_NAME)
+__all__ = ["LifecycleTask", "build_forwarder", "build_lifecycle", "create_worker_app", "run_worker"]
 
 log = logging.getLogger(__name__)
-
-
-def retry_delay(attempt: int, cap: float) -> float:
-    """Exponential backoff from 1 s, capped, with jitter so restarted workers do not stampede."""
-    return min(cap, 2.0**attempt) * random.uniform(0.5, 1.0)
 
 
 def build_forwarder(settings: Settings) -> Forwarder:
@@ -63,11 +45,10 @@ def build_forwarder(settings: Settings) -> Forwarder:
     )
 
 
-class HookedTask(Task):  # type: ignore[misc]  # Celery is untyped
-    """Runs the post-inference hooks once the task's final state is stored."""
+class LifecycleTask(Task):  # type: ignore[misc]  # Celery is untyped
+    """The forwarding task: a SUCCESS or FAILURE Celery has stored ends in the lifecycle too."""
 
-    hooks: HookRunner | None = None
-    queue_name: str | None = None
+    lifecycle: TaskLifecycle | None = None
 
     def after_return(
         self,
@@ -78,49 +59,28 @@ class HookedTask(Task):  # type: ignore[misc]  # Celery is untyped
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        if status in ("SUCCESS", "FAILURE"):
-            self.run_hooks(status, retval, task_id, args, kwargs)
-
-    def run_hooks(
-        self, status: str, retval: Any, task_id: str, args: Any, kwargs: dict[str, Any]
-    ) -> None:
-        recorder().task_finished(self.queue_name or "", status.lower())
-        if not self.hooks:
-            return
-        succeeded = status == "SUCCESS"
-        self.hooks.run(
-            TaskOutcome(
-                task_id=task_id,
-                queue=self.queue_name,
-                request=args[0] if args else None,
-                succeeded=succeeded,
-                result=retval if succeeded else None,
-                error=None if succeeded else f"{type(retval).__name__}: {retval}",
-                status=status,
-                trace_headers=pop_trace_context(dict(kwargs or {}), self.request),
-            )
-        )
+        if status in (SUCCESS, FAILURE) and self.lifecycle is not None:
+            self.lifecycle.finish(self, Outcome(status, retval))
 
 
-def _hooks_of_stopped(task: HookedTask, error: TaskStopped) -> None:
-    task.run_hooks(error.state, error, task.request.id, task.request.args, task.request.kwargs)
-
-
-def queue_wait_seconds(arrival_timestamp: Any) -> float | None:
-    """Seconds since model-engine's ``arrival_timestamp`` (a naive local time), if it parses.
-
-    Celery's JSON decodes the datetime it encoded; another sender's may be an ISO string.
-    """
-    arrival = arrival_timestamp
-    if isinstance(arrival, str):
-        try:
-            arrival = datetime.fromisoformat(arrival)
-        except ValueError:
-            return None
-    if not isinstance(arrival, datetime):
-        return None
-    now = datetime.now(arrival.tzinfo) if arrival.tzinfo else datetime.now()
-    return (now - arrival).total_seconds()
+def build_lifecycle(
+    settings: Settings, app: Celery, forwarder: Forwarder, hooks: HookRunner | None
+) -> TaskLifecycle:
+    """The pipeline the settings describe, its cancel watch reading ``app``'s result backend."""
+    worker = settings.worker
+    return TaskLifecycle(
+        queue=worker.queue,
+        visibility_timeout=worker.visibility_timeout,
+        model_call=forwarder,
+        crash_loop=CrashLoopGuard(
+            worker.max_deliveries, worker.queue, worker.dead_letter_queue_name
+        ),
+        cancel_watch=CancelWatch(
+            lambda: app.backend, functools.partial(interrupter_for, worker.pool)
+        ),
+        retry=RetryPolicy(worker.model_retries, worker.retry_backoff_max_seconds, worker.queue),
+        hooks=hooks,
+    )
 
 
 def create_worker_app(
@@ -132,69 +92,21 @@ def create_worker_app(
         from forwarder.celery_ext.sqs_visibility import KeepVisible
 
         app.steps["consumer"].add(KeepVisible)
-    retries = settings.worker.model_retries
-    backoff_cap = settings.worker.retry_backoff_max_seconds
-    queue = settings.worker.queue
-    crash_loop = CrashLoopGuard(
-        settings.worker.max_deliveries, queue, settings.worker.dead_letter_queue_name
-    )
-    control = TaskControl(settings.worker.pool, lambda: app.backend, _hooks_of_stopped, crash_loop)
-    visibility = settings.worker.visibility_timeout
+    lifecycle = build_lifecycle(settings, app, forwarder, hooks)
 
     def forward(
         task: Task, payload: Any, arrival_timestamp: Any = None, *extra_args: Any, **extra: Any
     ) -> Any:
-        if extra_args:
-            log.warning(
-                "task %s: ignoring %d extra positional argument(s)",
-                task.request.id,
-                len(extra_args),
-            )
-        metrics = recorder()
-        wait = queue_wait_seconds(arrival_timestamp)
-        metrics.task_received(queue, wait, wait is not None and wait > visibility)
-        trace_headers = pop_trace_context(extra, task.request)
-        limits = TaskLimits.pop_from(extra)
-        if extra:
-            log.warning("task %s: ignoring keyword argument(s) %s", task.request.id, sorted(extra))
-        control.admit(task, limits)
-        metrics.in_flight(queue, 1)
-        started = time.perf_counter()
-        try:
-            with (
-                control.interruptible(task, limits),
-                model_call_span(task.request.id, trace_headers) as headers,
-            ):
-                return forwarder(payload, headers)
-        except ModelServerUnavailable as exc:
-            attempt = task.request.retries
-            if attempt >= retries:
-                raise ModelServerUnavailable(
-                    f"{exc}; gave up after {attempt + 1} attempt(s)"
-                ) from None
-            delay = retry_delay(attempt, backoff_cap)
-            log.warning(
-                "task %s: model server unavailable, retry %d of %d in %.1f s",
-                task.request.id,
-                attempt + 1,
-                retries,
-                delay,
-            )
-            metrics.task_finished(queue, "retry")
-            raise task.retry(exc=exc, countdown=delay) from None
-        finally:
-            metrics.model_call(queue, time.perf_counter() - started)
-            metrics.in_flight(queue, -1)
+        return lifecycle.run(task, payload, arrival_timestamp, extra_args, extra)
 
     for name in TASK_NAMES:
         app.task(
             forward,
             name=name,
-            base=HookedTask,
-            hooks=hooks,
-            queue_name=settings.worker.queue,
+            base=LifecycleTask,
+            lifecycle=lifecycle,
             bind=True,
-            # STARTED is stored by the task after its cancel check, never over a CANCELED.
+            # STARTED is stored at admission, after the cancel check, never over a CANCELED.
             track_started=False,
             acks_late=True,
             reject_on_worker_lost=True,

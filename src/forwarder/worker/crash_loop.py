@@ -2,14 +2,13 @@
 
 With late acks and reject-on-worker-lost, a task whose model call kills its worker process (the
 reply makes it segfault or run out of memory, or the process is SIGKILLed) goes back to the queue
-and would be delivered forever. Each delivery is counted before forwarding, in the result
-backend's key/value store under ``forwarder-deliveries-<task id>-<retries>``. A retry after the
-model server was unavailable is a new message with one more ``retries``, so it starts a new
-count: only deliveries that never finished add up. On Redis the count is an INCR (expiring with
-the results) in one script with the cancel-marker read and the STARTED store, so admission stays
-one round trip. Other backends (file, S3) read the marker and the count in one ``mget`` and write
-the count back: one more call per task, and not atomic, which is harmless here because a task is
-redelivered only once the worker that had it has gone.
+and would be delivered forever. Each delivery is counted before forwarding, at its admission
+(``forwarder.worker.admission``), in the result backend's key/value store under
+``forwarder-deliveries-<task id>-<retries>``. A retry after the model server was unavailable is a
+new message with one more ``retries``, so it starts a new count: only deliveries that never
+finished add up. On Redis the count is an INCR (expiring with the results) in one script with the
+cancel-marker read and the STARTED store, so admission stays one round trip; other backends read
+the marker and the count in one ``mget`` and write the count back.
 
 The delivery after ``max_deliveries`` is not forwarded: a copy of the task (name, args, kwargs,
 id, trace headers; plain JSON) goes to the dead-letter queue on the same broker, and the task ends
@@ -20,92 +19,14 @@ forgotten, and removes them from the dead-letter queue.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from celery import states
-
-from forwarder.celery_ext.backends.redis import RedisBackend
 from forwarder.errors import DeadLettered
-from forwarder.observability.tracing import TRACE_KEYS
+from forwarder.protocol import TRACE_KEYS
 
-__all__ = [
-    "DELIVERIES_KEY_PREFIX",
-    "Admission",
-    "CrashLoopGuard",
-    "DeadLetter",
-    "StartingTask",
-    "deliveries_key",
-    "read_admission",
-]
-
-DELIVERIES_KEY_PREFIX = "forwarder-deliveries-"
-# For a Redis backend told to keep results forever: a count must not outlive every task.
-DEFAULT_COUNT_SECONDS = 86400
-
-
-def deliveries_key(backend: Any, task_id: str, retries: int) -> Any:
-    return backend.key_t(f"{DELIVERIES_KEY_PREFIX}{task_id}-{retries}")
-
-
-@dataclass(frozen=True)
-class Admission:
-    canceled: bool
-    deliveries: int  # this one included
-    started_stored: bool = False  # STARTED was stored in the same round trip
-
-
-@dataclass(frozen=True)
-class StartingTask:
-    """What a delivery that may start stores as STARTED, and how many deliveries are allowed."""
-
-    result: dict[str, Any]
-    request: Any
-    max_deliveries: int
-
-
-def read_admission(
-    backend: Any,
-    marker_key: Any,
-    task_id: str,
-    retries: int,
-    starting: StartingTask | None = None,
-) -> Admission:
-    """Read the cancel marker and count this delivery: one round trip on Redis.
-
-    On Redis, STARTED (``starting``, None for a task that may not start) is stored in that same
-    round trip when the task is not canceled and under its deliveries cap; other backends leave
-    it to the caller.
-    """
-    count_key = deliveries_key(backend, task_id, retries)
-    if isinstance(backend, RedisBackend):
-        started_meta = (
-            backend.encoded_meta(task_id, starting.result, states.STARTED, request=starting.request)
-            if starting is not None
-            else ""
-        )
-        canceled, deliveries, started = backend.admit(
-            marker_key,
-            count_key,
-            math.ceil(backend.expires or DEFAULT_COUNT_SECONDS),
-            starting.max_deliveries if starting is not None else 0,
-            task_id,
-            started_meta,
-        )
-        return Admission(canceled, deliveries, started)
-    marker, stored = list(backend.mget([marker_key, count_key]))
-    deliveries = _count(stored) + 1
-    backend.set(count_key, str(deliveries))
-    return Admission(marker is not None, deliveries)
-
-
-def _count(stored: Any) -> int:
-    try:
-        return max(0, int(stored))
-    except (TypeError, ValueError):
-        return 0
+__all__ = ["CrashLoopGuard", "DeadLetter"]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +23,7 @@ from forwarder.errors import (
     ModelServerUnavailable,
     PayloadError,
 )
+from forwarder.process_local import ProcessLocal
 
 __all__ = ["Forwarder", "unwrap_payload", "wrap_response"]
 
@@ -104,18 +104,11 @@ class Forwarder:
         self.model = model
         self.timeout = (connect_timeout, read_timeout)
         self.pool_size = pool_size
-        self._session: urllib3.PoolManager | None = None
-        self._session_pid = 0
-        self._lock = threading.Lock()
+        # A pool inherited through fork shares its sockets with the parent: each builds its own.
+        self._session = ProcessLocal(self._new_session)
 
     def session(self) -> urllib3.PoolManager:
-        # A pool inherited through fork shares its sockets with the parent: build a new one.
-        if self._session is None or self._session_pid != os.getpid():
-            with self._lock:
-                if self._session is None or self._session_pid != os.getpid():
-                    self._session = self._new_session()
-                    self._session_pid = os.getpid()
-        return self._session
+        return self._session.get()
 
     def _new_session(self) -> urllib3.PoolManager:
         # Retries are the task's job (with backoff, through the broker); sized so that every

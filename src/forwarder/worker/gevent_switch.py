@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import cast
 
 from forwarder.errors import ConfigError
+from forwarder.extras import install_hint
 
 __all__ = [
     "MAX_TASKS_ENV",
@@ -47,9 +48,7 @@ def _monkey() -> ModuleType:
         import gevent  # noqa: F401  (before gevent.monkey, so that a tracer wrapping gevent sees it)
         from gevent import monkey
     except ImportError:
-        raise ConfigError(
-            "pool", "gevent", "gevent installed: pip install 'inference-forwarder[gevent]'"
-        ) from None
+        raise ConfigError("pool", "gevent", install_hint("gevent", "gevent")) from None
     return cast(ModuleType, monkey)
 
 

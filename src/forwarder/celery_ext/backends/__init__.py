@@ -1,7 +1,8 @@
-"""Result backends: Celery's own, extended to store model-engine's ``custom`` error payload.
+"""Result backends: Celery's own, extended with model-engine's ``custom`` error payload and the
+forwarder's admission, cancel markers and stopped states.
 
-Each module subclasses one Celery backend with ``ErrorPayloadMixin``; ``BACKEND_CLASSES`` maps a
-result-backend URL scheme to the class that serves it.
+Each module subclasses one Celery backend with ``ForwarderBackendMixin`` (``base``);
+``BACKEND_CLASSES`` maps a result-backend URL scheme to the class that serves it.
 """
 
 from __future__ import annotations

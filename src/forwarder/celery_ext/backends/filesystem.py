@@ -1,13 +1,13 @@
-"""File result backend (Celery's) for the embedded default, with the ``custom`` error payload."""
+"""File result backend (Celery's) for the embedded default, with the forwarder's additions."""
 
 from __future__ import annotations
 
 from celery.backends.filesystem import FilesystemBackend as CeleryFilesystemBackend
 
-from forwarder.celery_ext.backends.base import ErrorPayloadMixin
+from forwarder.celery_ext.backends.base import ForwarderBackendMixin
 
 __all__ = ["FilesystemBackend"]
 
 
-class FilesystemBackend(ErrorPayloadMixin, CeleryFilesystemBackend):  # type: ignore[misc]
-    """Celery's file backend, storing ``custom`` with every failure."""
+class FilesystemBackend(ForwarderBackendMixin, CeleryFilesystemBackend):  # type: ignore[misc]
+    """Celery's file backend, storing ``custom`` with every failure; admission by key/value."""

@@ -4,64 +4,38 @@ Celery reads a task's result before each write, so that a duplicate delivery nev
 SUCCESS, then writes and publishes it in a second round trip. Here the read, the check and the
 write run as one Lua script: half the round trips of every store, and the check and the write can
 no longer be split by another worker's write. A delivery's admission (cancel marker, delivery
-count) and its STARTED state are one script too.
+count, expiring with the results) and its STARTED state are one script too. The scripts are in
+``lua/``, beside this module.
 """
 
 from __future__ import annotations
 
 import math
+from importlib import resources
 from typing import Any
 
+from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
-from forwarder.celery_ext.backends.base import ErrorPayloadMixin
+from forwarder.celery_ext.backends.base import Admission, ForwarderBackendMixin, StartingTask
 
 __all__ = ["RedisBackend"]
 
-# Stores a task's encoded meta (publishing it, as Celery does) unless a SUCCESS is stored already.
-_STORE_UNLESS_SUCCESS = """
-local function store_unless_success(key, value, expires)
-    local current = redis.call('GET', key)
-    if current then
-        local ok, meta = pcall(cjson.decode, current)
-        if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
-            return 0
-        end
-    end
-    if tonumber(expires) > 0 then
-        redis.call('SET', key, value, 'EX', expires)
-    else
-        redis.call('SET', key, value)
-    end
-    redis.call('PUBLISH', key, value)
-    return 1
-end
-"""
-
-# KEYS: the result key. ARGV: the encoded meta, its expiry in seconds (0: none).
-STORE = _STORE_UNLESS_SUCCESS + "return store_unless_success(KEYS[1], ARGV[1], ARGV[2])"
-
-# A delivery's admission (see forwarder.worker.crash_loop): read the cancel marker, count the delivery,
-# and store STARTED only if the task may start. KEYS: marker, count, result. ARGV: the count's
-# expiry, the deliveries allowed, STARTED's encoded meta ('' when the task may not start: it
-# expired), the result's expiry. Returns {canceled (0/1), deliveries, STARTED handled (0/1)}.
-ADMIT = (
-    _STORE_UNLESS_SUCCESS
-    + """
-local marker = redis.call('GET', KEYS[1])
-local deliveries = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-if marker or ARGV[3] == '' or deliveries > tonumber(ARGV[2]) then
-    return {marker and 1 or 0, deliveries, 0}
-end
-store_unless_success(KEYS[3], ARGV[3], ARGV[4])
-return {0, deliveries, 1}
-"""
-)
+# For a backend told to keep results forever: a delivery count must not outlive every task.
+DEFAULT_COUNT_SECONDS = 86400
 
 
-class RedisBackend(ErrorPayloadMixin, CeleryRedisBackend):  # type: ignore[misc]
+def _script(*names: str) -> str:
+    folder = resources.files("forwarder.celery_ext.backends") / "lua"
+    return "\n".join((folder / f"{name}.lua").read_text() for name in names)
+
+
+STORE = _script("store_unless_success", "store")
+ADMIT = _script("store_unless_success", "admit")
+
+
+class RedisBackend(ForwarderBackendMixin, CeleryRedisBackend):  # type: ignore[misc]
     """Celery's Redis backend: ``custom`` with every failure, each store in one round trip."""
 
     _scripts: dict[str, Any] | None = None
@@ -96,22 +70,29 @@ class RedisBackend(ErrorPayloadMixin, CeleryRedisBackend):  # type: ignore[misc]
             )
         return value
 
-    def admit(
-        self,
-        marker_key: Any,
-        count_key: Any,
-        count_seconds: int,
-        max_deliveries: int,
-        task_id: str,
-        started_meta: Any,
-    ) -> tuple[bool, int, bool]:
-        """One round trip: (canceled, deliveries, STARTED handled); see ``ADMIT``."""
-        if self.serializer != "json":
-            started_meta = ""  # STARTED is then stored through Celery's path
-        keys = [marker_key, count_key, self.get_key_for_task(task_id)]
-        args = [count_seconds, max_deliveries, started_meta or "", self._expiry]
+    def _read_admission(
+        self, task_id: str, retries: int, starting: StartingTask | None
+    ) -> Admission:
+        """One round trip: the marker, the count and, if the task may start, STARTED."""
+        started_meta = ""
+        # With another serializer STARTED is stored afterwards, through Celery's path.
+        if starting is not None and self.serializer == "json":
+            started_meta = self.encoded_meta(
+                task_id, starting.result, states.STARTED, request=starting.request
+            )
+        keys = [
+            self.cancel_key(task_id),
+            self.deliveries_key(task_id, retries),
+            self.get_key_for_task(task_id),
+        ]
+        args = [
+            math.ceil(self.expires or DEFAULT_COUNT_SECONDS),
+            starting.max_deliveries if starting is not None else 0,
+            started_meta,
+            self._expiry,
+        ]
         canceled, deliveries, started = self._run("admit", keys, args)
-        return bool(canceled), int(deliveries), bool(started)
+        return Admission(bool(canceled), int(deliveries), bool(started))
 
     @property
     def _expiry(self) -> int:

@@ -19,32 +19,30 @@ matters: Celery joins it to the key as is) and, off AWS, ``s3_endpoint_url``.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import ImproperlyConfigured
 
-from forwarder.celery_ext.backends.base import ErrorPayloadMixin
+from forwarder.celery_ext.backends.base import ForwarderBackendMixin
 from forwarder.config.parsers import Invalid, s3_location
+from forwarder.extras import import_extra
+from forwarder.process_local import ProcessLocal
 
 __all__ = ["S3Backend"]
 
-INSTALL_HINT = "the S3 result backend needs boto3: pip install 'inference-forwarder[aws]'"
 # botocore's default pool of 10 connections would turn away the extra greenlets of a larger
 # gevent worker (each discarded connection logs a warning); prefork children use one each.
 MIN_POOL_CONNECTIONS = 10
 
 
 def _boto3() -> Any:
-    try:
-        import boto3
-    except ImportError:
-        raise ImproperlyConfigured(INSTALL_HINT) from None
-    return boto3
+    return import_extra(
+        "boto3", "aws", lambda hint: ImproperlyConfigured(f"the S3 result backend needs {hint}")
+    )
 
 
-class S3Backend(ErrorPayloadMixin, KeyValueStoreBackend):  # type: ignore[misc]
+class S3Backend(ForwarderBackendMixin, KeyValueStoreBackend):  # type: ignore[misc]
     """Results as S3 objects, through one boto3 client shared by every thread and greenlet."""
 
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
@@ -56,22 +54,12 @@ class S3Backend(ErrorPayloadMixin, KeyValueStoreBackend):  # type: ignore[misc]
         except Invalid as exc:
             raise ImproperlyConfigured(f"result backend {url!r}: allowed: {exc}") from None
         _boto3()  # at start-up (the worker builds its backend then), not at the first result
-        self._owned: tuple[int, Any] | None = None  # (pid, client): read and written as one
-        self._locks: dict[int, threading.Lock] = {}
+        self._client: ProcessLocal[Any] = ProcessLocal(lambda: self._new_client())
 
     @property
     def client(self) -> Any:
         """This process's boto3 S3 client; a forked child builds its own, never its parent's."""
-        pid = os.getpid()
-        owned = self._owned
-        if owned is not None and owned[0] == pid:
-            return owned[1]
-        # One lock per process: a lock held in the parent at fork time stays held in the child.
-        with self._locks.setdefault(pid, threading.Lock()):
-            owned = self._owned
-            if owned is None or owned[0] != pid:
-                owned = self._owned = (pid, self._new_client())
-            return owned[1]
+        return self._client.get()
 
     def _new_client(self) -> Any:
         boto3 = _boto3()

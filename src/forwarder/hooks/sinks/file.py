@@ -16,6 +16,7 @@ from typing import Any
 
 from forwarder.hooks.sinks.base import Sink
 from forwarder.observability.metrics import recorder
+from forwarder.process_local import ProcessLocal
 
 __all__ = ["FileSink"]
 
@@ -26,26 +27,23 @@ class FileSink(Sink):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
-        self._fd: int | None = None
-        self._pid = 0
+        self._fd = ProcessLocal(self._open)
+        # A close never lands between a put's look-up of the descriptor and its write.
         self._lock = threading.Lock()
 
-    def _descriptor(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        return self._fd
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def put(self, record: Mapping[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
         with self._lock:
-            os.write(self._descriptor(), line)
+            os.write(self._fd.get(), line)
         self.counts.sent += 1
         recorder().sink_records(self.name, "sent", 1)
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None and self._pid == os.getpid():
-                os.close(self._fd)
-            self._fd = None
+            fd = self._fd.take()
+            if fd is not None:
+                os.close(fd)

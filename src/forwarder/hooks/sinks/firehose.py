@@ -1,13 +1,13 @@
 """The ``firehose`` sink: log records to an Amazon Data Firehose delivery stream, in batches.
 
 The client is built once per process and rebuilt only shortly before its assumed-role
-credentials expire (``forwarder.hooks.aws.RefreshingClient``), never per record. Records are buffered
-and sent with ``PutRecordBatch`` by a background flusher, as soon as a batch is full and at least
-every ``flush_interval_seconds``, and on ``flush``/``close``. A task only sends a batch itself when
-``MAX_BACKLOG_BATCHES`` are waiting (Firehose slower than the tasks): that bounds the memory. Only the records Firehose reports as
-failed are sent again, a bounded number of times; what still fails is dropped, logged and
-counted, never raised into the task. Delivery is at least once: a call that times out after
-Firehose accepted it is sent again.
+credentials expire (``forwarder.hooks.aws.RefreshingClient``), never per record. Records are
+buffered and sent with ``PutRecordBatch`` by a background flusher, as soon as a batch is full and
+at least every ``flush_interval_seconds``, and on ``flush``/``close``. A task only sends a batch
+itself when ``MAX_BACKLOG_BATCHES`` are waiting (Firehose slower than the tasks): that bounds the
+memory. Only the records Firehose reports as failed are sent again, a bounded number of times
+with jittered backoff; what still fails is dropped, logged and counted, never raised into the
+task. Delivery is at least once: a call that times out after Firehose accepted it is sent again.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from forwarder.backoff import backoff
 from forwarder.config.hooks import LoggingSettings
 from forwarder.errors import ConfigError
 from forwarder.hooks.aws import RefreshingClient, assume_role_firehose_client, aws_region
@@ -230,7 +232,8 @@ class FirehoseSink(Sink):
         for attempt in range(1 + RETRIES):
             if attempt:
                 self._count(retried=len(pending))
-                time.sleep(self.retry_backoff * 2 ** (attempt - 1))
+                # Bounded by RETRIES rather than by a cap.
+                time.sleep(backoff(attempt - 1, self.retry_backoff, math.inf))
             try:
                 client = self.client.get()
                 self._count(calls=1)

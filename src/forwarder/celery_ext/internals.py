@@ -1,0 +1,116 @@
+"""Every private name of Celery, kombu and billiard the forwarder uses, and why, in one table.
+
+Private names change without notice between minor versions, which is why the pins in
+pyproject.toml stop at the next minor version. ``tests/unit/test_celery_internals.py`` checks each
+entry against the installed versions (that it exists and, for a method, that it still takes the
+parameters the code passes or overrides), so an upgrade that breaks one fails in seconds with a
+message naming it, instead of a worker misbehaving at run time. A new use of a private name goes
+here first; nothing outside ``forwarder.celery_ext`` uses one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["INTERNALS", "Internal", "problem"]
+
+
+@dataclass(frozen=True)
+class Internal:
+    """One private name: where it lives, what it must look like, and what relies on it."""
+
+    owner: str  # "package.module:Class"
+    name: str
+    why: str  # what in celery_ext relies on it
+    # A method's parameter names, self first; None for an attribute.
+    parameters: tuple[str, ...] | None = None
+    # Set in the owner's __init__: looked for on an instance rather than on the class.
+    on_instance: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.owner}.{self.name}"
+
+    def owner_class(self) -> Any:
+        module, _, qualname = self.owner.partition(":")
+        return getattr(importlib.import_module(module), qualname)
+
+
+INTERNALS: tuple[Internal, ...] = (
+    Internal(
+        "celery.backends.base:Backend",
+        "_ensure_retryable",
+        "backends.base: a delivery's admission is retried by the backend's own retry policy",
+        ("self", "func", "args", "fallback_exc", "fallback_msg", "max_retries", "kwargs"),
+    ),
+    Internal(
+        "celery.backends.base:Backend",
+        "_get_result_meta",
+        "backends.redis: the meta a store writes, encoded once for the store and admit scripts",
+        ("self", "result", "state", "traceback", "request", "format_date", "encode"),
+    ),
+    Internal(
+        "celery.backends.redis:RedisBackend",
+        "_store_result",
+        "backends.redis overrides it: each store is one script (read, check, write, publish)",
+        ("self", "task_id", "result", "state", "traceback", "request", "kwargs"),
+    ),
+    Internal(
+        "celery.backends.redis:RedisBackend",
+        "_MAX_STR_VALUE_SIZE",
+        "backends.redis: refuses a result Redis would refuse, as Celery's own store does",
+    ),
+    Internal(
+        "celery.concurrency.asynpool:AsynPool",
+        "_event_process_exit",
+        "prefork overrides it: an exited child is reaped and replaced again shortly after",
+        ("self", "hub", "proc"),
+    ),
+    Internal(
+        "celery.concurrency.prefork:TaskPool",
+        "_pool",
+        "prefork: the billiard pool behind Celery's, to drop a job never sent to a child",
+    ),
+    Internal(
+        "billiard.pool:Pool",
+        "_cache",
+        "prefork: the pool's jobs, to find the one whose arguments could not be pickled",
+        on_instance=True,
+    ),
+    Internal(
+        "billiard.pool:Pool",
+        "_putlock",
+        "prefork: the pool's slot semaphore, released for that job as billiard does on a result",
+        on_instance=True,
+    ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_create_client",
+        "redis_transport overrides it: one redis client per connection pool, not per message",
+        ("self", "asynchronous"),
+    ),
+)
+
+
+def problem(internal: Internal, instance: object | None = None) -> str | None:
+    """What no longer matches ``internal`` in the installed version, or None when all does.
+
+    An ``on_instance`` entry is looked for on ``instance`` (one of its owner, built by the caller).
+    """
+    where = instance if internal.on_instance else internal.owner_class()
+    if where is None:
+        return f"{internal.label}: no instance to look on"
+    if not hasattr(where, internal.name):
+        return f"{internal.label} is gone; it was used for: {internal.why}"
+    if internal.parameters is None:
+        return None
+    found = tuple(inspect.signature(getattr(where, internal.name)).parameters)
+    if found != internal.parameters:
+        return (
+            f"{internal.label} now takes {found}, not {internal.parameters}; "
+            f"it is used for: {internal.why}"
+        )
+    return None

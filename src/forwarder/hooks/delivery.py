@@ -1,0 +1,145 @@
+"""Delivering one callback: the same request tried until the receiver takes it, or gives up.
+
+Connection errors, timeouts, 429 and 5xx are tried again with jittered exponential backoff (a
+``Retry-After`` of whole seconds is honoured, up to the cap), up to ``max_attempts`` in all; any
+other reply is final. Redirects are not followed: a redirect would carry the credentials and the
+client certificate to a URL nobody chose. Logs and errors show a URL's origin only, since webhook
+URLs often carry a token in their path or query; and no more of a reply is read than an excerpt,
+since its size is the receiver's choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from forwarder.backoff import backoff
+from forwarder.config.hooks import CallbackSettings
+from forwarder.errors import CallbackError
+
+__all__ = ["CallbackRequest", "deliver", "origin", "retry_delay", "retryable"]
+
+log = logging.getLogger(__name__)
+
+_EXCERPT_BYTES = 200
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: all of it that logs and errors may show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def retryable(status: int) -> bool:
+    """Whether a reply with this status is worth another attempt: 429 and 5xx."""
+    return status == 429 or 500 <= status <= 599
+
+
+def retry_delay(attempt: int, base: float, cap: float, retry_after: str | None = None) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (from 1), never more than ``cap``.
+
+    A ``Retry-After`` of whole seconds is honoured as given (an HTTP date is not: the backoff
+    applies).
+    """
+    if retry_after is not None and re.fullmatch(r"\s*[0-9]+\s*", retry_after):
+        return min(float(retry_after), cap)
+    return backoff(attempt - 1, base, cap)
+
+
+def _describe(exc: requests.RequestException) -> str:
+    # requests' own message repeats the whole URL, token and all; its cause does not.
+    cause = exc.args[0] if exc.args else exc
+    return f"{type(exc).__name__}: {getattr(cause, 'reason', cause)}"
+
+
+@dataclass(frozen=True)
+class CallbackRequest:
+    """What every attempt of one task's callback sends; ``headers`` are made per attempt."""
+
+    task_id: str
+    url: str
+    body: bytes
+    headers: Callable[[], dict[str, str]]
+    auth: Any = None  # requests' auth object, or None
+    cert: tuple[str, str] | None = None  # client certificate and key files
+
+    @property
+    def shown(self) -> str:
+        return f"callback for task {self.task_id} to {origin(self.url)}"
+
+
+@dataclass(frozen=True)
+class _Failed:
+    problem: str
+    retry_after: str | None = None
+
+
+def deliver(
+    session: requests.Session,
+    request: CallbackRequest,
+    settings: CallbackSettings,
+    timeout: tuple[float, float],
+    sleep: Callable[[float], None],
+) -> None:
+    """POST ``request`` until it is taken; ``CallbackError`` once it is refused or out of tries."""
+    attempts = settings.max_attempts
+    last = "none"
+    for attempt in range(1, attempts + 1):
+        failed = _attempt(session, request, timeout)
+        if failed is None:
+            return
+        last = failed.problem
+        if attempt < attempts:
+            delay = retry_delay(
+                attempt, settings.backoff_seconds, settings.backoff_max_seconds, failed.retry_after
+            )
+            log.info(
+                "%s: %s; attempt %d of %d, next in %.2f s",
+                request.shown,
+                last,
+                attempt,
+                attempts,
+                delay,
+            )
+            sleep(delay)
+    raise CallbackError(f"{request.shown} failed after {attempts} attempt(s); last: {last}")
+
+
+def _attempt(
+    session: requests.Session, request: CallbackRequest, timeout: tuple[float, float]
+) -> _Failed | None:
+    """None once delivered; what failed when it is worth another try; raises when it is not."""
+    try:
+        reply = session.post(
+            request.url,
+            data=request.body,
+            headers=request.headers(),
+            auth=request.auth,
+            cert=request.cert,
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+        )
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        return _Failed(_describe(exc))
+    except requests.RequestException as exc:
+        raise CallbackError(f"{request.shown} failed: {_describe(exc)}") from None
+    with reply:
+        excerpt = next(reply.iter_content(_EXCERPT_BYTES), b"")
+    status = reply.status_code
+    if 200 <= status < 300:
+        log.debug("%s: HTTP %d", request.shown, status)
+        return None
+    problem = f"HTTP {status} {excerpt.decode(errors='replace')!r}"
+    if not retryable(status):
+        raise CallbackError(f"{request.shown} refused: {problem} (not retried)")
+    retry_after = reply.headers.get("Retry-After") if status in (429, 503) else None
+    return _Failed(problem, retry_after)

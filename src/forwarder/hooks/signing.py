@@ -1,0 +1,53 @@
+"""Standard Webhooks signatures for the callback: ``webhook-id``, ``-timestamp``, ``-signature``.
+
+The id stays the same across the attempts of one task, so that a receiver can drop duplicates;
+the timestamp is that of each attempt, so that a receiver's replay window holds for late tries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+
+from forwarder.errors import ConfigError
+
+__all__ = ["SECRET_PREFIX", "sign", "signature_headers", "signing_key"]
+
+SECRET_PREFIX = "whsec_"
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: base64 after ``whsec_``, else the text's bytes."""
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode()
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        key = b""
+    if not key:
+        raise ConfigError(
+            "callback.signing_secret",
+            "(not shown)",
+            f"{SECRET_PREFIX} followed by base64, or any text not starting with {SECRET_PREFIX}",
+        )
+    return key
+
+
+def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header: ``v1,`` and the base64 HMAC-SHA256 of id.timestamp.body."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signature_headers(key: bytes, task_id: str, body: bytes) -> dict[str, str]:
+    """The three headers of one attempt to deliver ``task_id``'s ``body``, signed now."""
+    message_id = f"msg_{task_id}"
+    timestamp = int(time.time())
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(key, message_id, timestamp, body),
+    }
