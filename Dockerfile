@@ -19,7 +19,7 @@ RUN python -m pip install --root-user-action=ignore --no-deps --require-hashes \
 # The dependencies first, in a layer of their own: it is rebuilt only when the lock changes.
 COPY pyproject.toml uv.lock ./
 RUN python -m venv --without-pip /opt/forwarder \
- && uv export --frozen --no-emit-project --extra gevent --extra aws \
+ && uv export --quiet --frozen --no-emit-project --extra gevent --extra aws \
       --format requirements-txt --output-file /tmp/pins.txt \
  && uv pip install --python /opt/forwarder/bin/python --require-hashes -r /tmp/pins.txt
 COPY README.md ./
