@@ -5,6 +5,7 @@
 # from PyPI through pip, pinned by hash in scripts/uv-requirements.txt.
 #   scripts/bootstrap.sh                  # gevent
 #   scripts/bootstrap.sh aws,gateway,dev  # what scripts/test.sh needs
+#   PYTHON=python3.12 scripts/bootstrap.sh  # another interpreter for a new .venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="gevent${1:+,$1}"
