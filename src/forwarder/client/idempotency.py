@@ -224,7 +224,7 @@ class FileStore:
 
 
 class S3Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, region: str | None = None) -> None:
         try:
             import boto3
         except ImportError:
@@ -237,9 +237,7 @@ class S3Store:
         self.bucket = location.bucket
         self.prefix = f"{location.prefix}idempotency/"
         # A session of its own: boto3's default session is not safe to build from two threads.
-        session = boto3.session.Session(
-            region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        )
+        session = boto3.session.Session(region_name=region)
         self.client = session.client("s3")
 
     def _object(self, key: str) -> str:
@@ -298,6 +296,6 @@ def open_store(settings: Settings) -> IdempotencyStore:
     if results.startswith(("redis://", "rediss://")):
         return RedisStore(results)
     if results.startswith("s3://"):
-        return S3Store(results)
+        return S3Store(results, region=settings.aws.region)
     folder = Path(results.removeprefix("file://"))
     return FileStore(folder / "idempotency")

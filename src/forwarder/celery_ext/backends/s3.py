@@ -79,9 +79,7 @@ class S3Backend(ErrorPayloadMixin, KeyValueStoreBackend):  # type: ignore[misc]
 
         pool = max(MIN_POOL_CONNECTIONS, self.app.conf.worker_concurrency or 0)
         # A session of its own: boto3's default session is not safe to build from two threads.
-        session = boto3.session.Session(
-            region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        )
+        session = boto3.session.Session(region_name=self.app.conf.s3_region)
         return session.client("s3", config=Config(max_pool_connections=pool))
 
     def _object_key(self, key: str | bytes) -> str:
