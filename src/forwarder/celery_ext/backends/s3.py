@@ -3,9 +3,9 @@
 URL: ``s3://BUCKET[/PREFIX][?checksum=sha256]``. Each result is one object,
 ``PREFIX/celery-task-meta-<task id>``, holding the JSON Celery stores; a task with no object yet
 is PENDING. ``checksum=sha256`` has S3 check every stored result against its SHA-256 (without it,
-boto3's default CRC32 applies); boto3 checks the stored checksum again on every read. Region,
-endpoint and credentials come from the standard AWS environment (``AWS_DEFAULT_REGION`` or
-``AWS_REGION``, ``AWS_ENDPOINT_URL``, ...), read when the client is built.
+boto3's default CRC32 applies); boto3 checks the stored checksum again on every read. The
+region is the settings' ``aws.region`` (Celery's ``s3_region``); endpoint and credentials come
+from the standard AWS environment (``AWS_ENDPOINT_URL``, ...), read when the client is built.
 
 Permissions: readers need ``s3:GetObject`` and ``s3:ListBucket``; the worker also ``s3:PutObject``
 (Celery reads a result before writing it, so that a SUCCESS is never overwritten). Without
