@@ -71,6 +71,6 @@ def test_secrets_are_masked_in_logs_and_records(
     ],
 )
 def test_callback_url_password_is_masked_in_records(url: str, masked: str) -> None:
-    from forwarder.hooks.logging import masked_request
+    from forwarder.config.masking import masked_request
 
     assert masked_request({"callback_url": url, "args": {}}) == {"callback_url": masked, "args": {}}

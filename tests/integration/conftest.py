@@ -30,7 +30,7 @@ import pytest
 import redis
 
 from forwarder.client.broker import ForwarderClient, TaskResult
-from forwarder.config.settings import load_settings
+from forwarder.config.settings import environment_variables, load_settings
 from forwarder.devtools.localrun import (
     HOST,
     Child,
@@ -51,27 +51,10 @@ REDIS_DATABASES = 64
 
 # Variables the worker reads; removed from the inherited environment so that only the test's own
 # values reach a worker, whatever the shell running pytest has set.
-_WORKER_ENV_VARS = (
-    "CELERY_WORKER_POOL",
-    "CELERY_WORKER_MAX_TASKS_PER_CHILD",
-    "FIREHOSE_CLIENT_MAX_POOL_CONNECTIONS",
-    "SERIALIZE_RESULTS_AS_STRING",
-    "FORWARDER_BROKER_URL",
-    "FORWARDER_RESULT_BACKEND",
-    "FORWARDER_QUEUE",
-    "FORWARDER_DATA_DIR",
-    "FORWARDER_LOG_LEVEL",
-    "AWS_ENDPOINT_URL",
-)
+_WORKER_ENV_VARS = (*environment_variables(), "AWS_ENDPOINT_URL")
 
 # What the gateway and the gateway client read; removed the same way for a gateway's process.
-_GATEWAY_ENV_VARS = (
-    "FORWARDER_GATEWAY_HOST",
-    "FORWARDER_GATEWAY_PORT",
-    "FORWARDER_GATEWAY_TOKENS",
-    "FORWARDER_GATEWAY_URL",
-    "FORWARDER_GATEWAY_TOKEN",
-)
+_GATEWAY_ENV_VARS = environment_variables()
 
 
 # --------------------------------------------------------------------------------------------

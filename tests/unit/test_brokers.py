@@ -165,11 +165,14 @@ def test_sqs_predefined_queue(visibility: str, seconds: int) -> None:
 
 
 @pytest.mark.parametrize("variable", ["AWS_DEFAULT_REGION", "AWS_REGION"])
-def test_sqs_region_from_the_environment(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(variable, "eu-west-1")
-    config = broker_config(WorkerSettings(sqs_url=SQS_URL, result_backend=REDIS))
-    assert config.transport_options["region"] == "eu-west-1"
-    assert "predefined_queues" in config.transport_options
+def test_sqs_region_from_the_environment(variable: str) -> None:
+    flags = {"--sqs-url": SQS_URL, "--result-backend": REDIS}
+    settings = load_settings(env={variable: "eu-west-1"}, flags=flags)
+    config = celery_app(settings).conf
+    assert config.broker_transport_options["region"] == "eu-west-1"
+    assert "predefined_queues" in config.broker_transport_options
+    without = broker_config(settings.worker)
+    assert "region" not in without.transport_options
 
 
 def test_sqs_requires_a_result_backend() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,8 @@ import pytest
 from forwarder.cli.commands import main
 from forwarder.config.settings import load_settings
 
-SETTINGS_ENV_PREFIXES = ("FORWARDER_", "CELERY_WORKER_", "SERIALIZE_RESULTS", "FIREHOSE_")
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The CLI reads the process environment: keep the caller's settings out of these tests."""
-    for name in list(os.environ):
-        if name.startswith(SETTINGS_ENV_PREFIXES):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+# The CLI reads the process environment: keep the caller's settings out of these tests.
+pytestmark = pytest.mark.usefixtures("no_settings_environment")
 
 
 def test_check_config_prints_a_file_that_loads_back_to_the_same_settings(

@@ -28,8 +28,9 @@ from forwarder.client.gateway import GatewayClient
 from forwarder.client.idempotency import FileStore
 from forwarder.config.settings import load_settings
 from forwarder.errors import GatewayError, TaskWaitTimeout
-from forwarder.gateway.app import create_app, task_view
+from forwarder.gateway.app import create_app
 from forwarder.gateway.models import TaskStatus
+from forwarder.gateway.routes import task_view
 
 TOKEN = "tok-0123456789abcdef"
 OTHER_TOKEN = "tok-fedcba9876543210"

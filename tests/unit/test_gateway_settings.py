@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import yaml
 
 from forwarder.cli import commands as cli
 from forwarder.cli import tasks as cli_tasks
+from forwarder.cli.flags import settings_from
 from forwarder.config.gateway import GatewaySettings
 from forwarder.config.settings import load_settings
 from forwarder.errors import ConfigError
@@ -19,12 +19,7 @@ TOKEN_A = "token-aaaaaaaaaaaaaaaa"
 TOKEN_B = "token-bbbbbbbbbbbbbbbb"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith(("FORWARDER_", "CELERY_WORKER_", "SERIALIZE_RESULTS", "FIREHOSE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+pytestmark = pytest.mark.usefixtures("no_settings_environment")
 
 
 def _config(tmp_path: Path, gateway: object) -> Path:
@@ -187,17 +182,26 @@ def test_the_gateway_url_from_the_environment_gives_way_to_broker_flags(
 ) -> None:
     monkeypatch.setenv("FORWARDER_GATEWAY_URL", "http://127.0.0.1:8000")
     monkeypatch.setenv("FORWARDER_GATEWAY_TOKEN", TOKEN_A)
-    parser = cli.build_parser()
-    assert cli_tasks._gateway_target(parser.parse_args(["get", "t"])) == (
-        "http://127.0.0.1:8000",
-        TOKEN_A,
-    )
-    assert (
-        cli_tasks._gateway_target(parser.parse_args(["get", "t", "--broker-url", "redis://h/0"]))
-        is None
-    )
-    flagged = parser.parse_args(["get", "t", "--token", TOKEN_B])
-    assert cli_tasks._gateway_target(flagged) == ("http://127.0.0.1:8000", TOKEN_B)
+    assert gateway_target("get", "t") == ("http://127.0.0.1:8000", TOKEN_A)
+    assert gateway_target("get", "t", "--broker-url", "redis://h/0") is None
+    assert gateway_target("get", "t", "--set", "worker.queue=q") is None
+    assert gateway_target("get", "t", "--token", TOKEN_B) == ("http://127.0.0.1:8000", TOKEN_B)
+
+
+def test_the_gateway_url_from_the_file_gives_way_to_broker_flags_only(tmp_path: Path) -> None:
+    config = tmp_path / "client.yaml"
+    config.write_text(f"client: {{gateway_url: 'http://127.0.0.1:9', gateway_token: {TOKEN_A}}}")
+    with_file = ("get", "t", "--config", str(config))
+    assert gateway_target(*with_file) == ("http://127.0.0.1:9", TOKEN_A)
+    assert gateway_target(*with_file, "--set", "worker.queue=q") == ("http://127.0.0.1:9", TOKEN_A)
+    assert gateway_target(*with_file, "--queue", "q") is None
+    overridden = gateway_target(*with_file, "--token", TOKEN_B)
+    assert overridden == ("http://127.0.0.1:9", TOKEN_B)
+
+
+def gateway_target(*argv: str) -> tuple[str, str | None] | None:
+    args = cli.build_parser().parse_args(argv)
+    return cli_tasks._gateway_target(args, settings_from(args))
 
 
 def test_without_fastapi_the_gateway_says_what_to_install(

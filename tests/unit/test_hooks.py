@@ -18,10 +18,11 @@ from forwarder.config.hooks import (
     MtlsAuth,
     parse_callback_auth,
 )
+from forwarder.config.masking import masked_request
 from forwarder.config.settings import load_settings
 from forwarder.errors import ConfigError
 from forwarder.hooks import Hook, HookRunner, TaskOutcome, build_hooks
-from forwarder.hooks.logging import LoggingHook, build_record, masked_request
+from forwarder.hooks.logging import LoggingHook, build_record
 from forwarder.hooks.sinks.base import Sink
 from forwarder.hooks.sinks.file import FileSink
 

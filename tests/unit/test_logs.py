@@ -7,14 +7,9 @@ import logging
 
 import pytest
 
+from forwarder.config.masking import mask_secrets
 from forwarder.observability import logs
-from forwarder.observability.logs import (
-    JsonFormatter,
-    TextFormatter,
-    _Context,
-    mask_secrets,
-    summarize,
-)
+from forwarder.observability.logs import JsonFormatter, TextFormatter, _Context
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEsecret\n-----END PRIVATE KEY-----"
 
@@ -42,13 +37,6 @@ def test_what_is_not_a_secret_is_left_alone() -> None:
     text = "task 6f1c received: queue=inference url=http://127.0.0.1:5005/predict status=200"
     assert mask_secrets(text) == text
     assert mask_secrets("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
-
-
-def test_summarize_shows_sizes_and_keys_only() -> None:
-    shown = summarize({"prompt": "my secret prompt", "n": 1})
-    assert "my secret prompt" not in shown
-    assert "keys: n, prompt" in shown
-    assert summarize([1, 2, 3]) == "<list of 9 bytes>"
 
 
 def record(name: str, msg: str, args: object = None, **extra: object) -> logging.LogRecord:

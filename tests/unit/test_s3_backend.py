@@ -221,9 +221,10 @@ def test_client_region_and_endpoint_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("AWS_DEFAULT_REGION")
-    monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-    client = make_backend("s3://results").client
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # boto3's own variable
+    flags = {"--sqs-url": SQS_URL, "--result-backend": "s3://results"}
+    settings = load_settings(env={"AWS_REGION": "eu-west-1"}, flags=flags)
+    client = celery_app(settings).backend.client
     assert client.meta.region_name == "eu-west-1"
     assert client.meta.endpoint_url == "http://127.0.0.1:1"
 

@@ -9,17 +9,25 @@ from typing import Any
 import pytest
 import yaml
 
+from forwarder.config import schema
 from forwarder.config import settings as settings_module
+from forwarder.config.masking import mask_url
 from forwarder.config.settings import (
     ModelServerSettings,
     Settings,
     WorkerSettings,
+    environment_variables,
     load_settings,
-    mask_url,
 )
 from forwarder.errors import ConfigError
 
-FIELDS = {spec.name: spec for spec in settings_module._FIELDS}
+# The model server's, the worker's and the top-level settings by name; the hooks' and the
+# gateway's sections have tests of their own, and every section is covered by test_schema.py.
+FIELDS = {
+    spec.name: spec
+    for spec in schema.SETTINGS
+    if spec.section in (schema.MODEL, schema.WORKER, schema.TOP)
+}
 
 MODEL_ENGINE_YAML = """\
 forwarder:
@@ -85,9 +93,10 @@ def nested(file_key: str, value: object) -> dict[str, Any]:
 
 
 def get_value(result: Settings, name: str) -> object:
-    spec = FIELDS[name]
-    holder = getattr(result, spec.section) if spec.section else result
-    return getattr(holder, name)
+    value: object = result
+    for attribute in FIELDS[name].fills.split("."):
+        value = getattr(value, attribute)
+    return value
 
 
 def assert_one_line_error(exc: ConfigError, key: str, value: object) -> None:
@@ -407,6 +416,7 @@ VALID = {
     "wrap_response": ("false", "true", "false"),
     "forward_http_status": ("true", "false", "true"),
     "forward_http_status_in_body": ("false", "true", "false"),
+    "ca_bundle": ("/etc/file-ca.pem", "/etc/env-ca.pem", "(no flag)"),
     "queue": ("q-file", "q-env", "q-flag"),
     "concurrency": ("2", "3", "5"),
     "pool": ("gevent", "prefork", "gevent"),
@@ -433,8 +443,7 @@ VALID = {
 
 
 def expected_value(name: str, text: str) -> object:
-    defaults = {"model": ModelServerSettings(), "worker": WorkerSettings(), "": Settings()}
-    default = getattr(defaults[FIELDS[name].section], name)
+    default = get_value(Settings(), name)
     if isinstance(default, bool):
         return text == "true"
     if isinstance(default, float):
@@ -462,7 +471,7 @@ def test_env_wins_over_file(name: str) -> None:
     spec = FIELDS[name]
     file_text, env_text, _ = VALID[name]
     assert spec.env
-    result = load(overrides=[f"{spec.file_key}='{file_text}'"], env={spec.env: env_text})
+    result = load(overrides=[f"{spec.file_key}='{file_text}'"], env={spec.env[0]: env_text})
     assert get_value(result, name) == expected_value(name, env_text)
 
 
@@ -470,10 +479,9 @@ def test_env_wins_over_file(name: str) -> None:
 def test_env_is_read_from_os_environ_by_default(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = FIELDS[name]
     assert spec.env
-    for other in FIELDS.values():
-        if other.env:
-            monkeypatch.delenv(other.env, raising=False)
-    monkeypatch.setenv(spec.env, VALID[name][1])
+    for variable in environment_variables():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv(spec.env[0], VALID[name][1])
     assert get_value(load_settings(), name) == expected_value(name, VALID[name][1])
 
 
@@ -482,7 +490,7 @@ def test_flag_wins_over_env_and_file(name: str) -> None:
     spec = FIELDS[name]
     file_text, env_text, flag_text = VALID[name]
     assert spec.flag
-    env = {spec.env: env_text} if spec.env else {}
+    env = {spec.env[0]: env_text} if spec.env else {}
     result = load(
         overrides=[f"{spec.file_key}='{file_text}'"], env=env, flags={spec.flag: flag_text}
     )
@@ -502,9 +510,9 @@ def test_flag_none_means_not_given(name: str) -> None:
 def test_empty_env_var_is_unset(name: str, blank: str) -> None:
     spec = FIELDS[name]
     assert spec.env
-    with_file = load(overrides=[f"{spec.file_key}='{VALID[name][0]}'"], env={spec.env: blank})
+    with_file = load(overrides=[f"{spec.file_key}='{VALID[name][0]}'"], env={spec.env[0]: blank})
     assert get_value(with_file, name) == expected_value(name, VALID[name][0])
-    without_file = load(env={spec.env: blank})
+    without_file = load(env={spec.env[0]: blank})
     assert get_value(without_file, name) == get_value(load(), name)
 
 
@@ -566,6 +574,7 @@ BAD: dict[str, tuple[list[object], str]] = {
     "wrap_response": (["yes", "off", 0], "true or false"),
     "forward_http_status": (["yes", "y", 2], "true or false"),
     "forward_http_status_in_body": (["yes", "n", [True]], "true or false"),
+    "ca_bundle": (["", "   ", 5, ["a"]], "non-empty string"),
     "queue": (["", "   ", 5, None, ["q"]], "non-empty string"),
     "concurrency": (["0", "-1", "x", "1.5", "", "٣", 0, -3, 1.5, True, None], "positive whole"),
     "pool": (["solo", "threads", "", 1, None], "prefork, gevent"),
@@ -655,8 +664,8 @@ def test_bad_env_value_is_rejected(name: str, value: str, allowed: str) -> None:
     spec = FIELDS[name]
     assert spec.env
     with pytest.raises(ConfigError) as info:
-        load(env={spec.env: value})
-    assert_one_line_error(info.value, spec.env, value)
+        load(env={spec.env[0]: value})
+    assert_one_line_error(info.value, spec.env[0], value)
     assert allowed in info.value.allowed
 
 

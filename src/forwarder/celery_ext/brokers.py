@@ -8,7 +8,6 @@ message and deliver it again after the visibility timeout (at-least-once).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,12 +43,12 @@ class BrokerConfig:
     transport_options: dict[str, Any] = field(default_factory=dict)
 
 
-def broker_config(worker: WorkerSettings) -> BrokerConfig:
-    """The broker and result backend the settings select."""
+def broker_config(worker: WorkerSettings, *, region: str | None = None) -> BrokerConfig:
+    """The broker and result backend the settings select; ``region``: ``aws.region``."""
     if worker.sqs_url and worker.broker_url:
         raise ConfigError("--sqs-url", worker.sqs_url, "either --sqs-url or --broker-url, not both")
     if worker.sqs_url:
-        return _sqs(worker, worker.sqs_url)
+        return _sqs(worker, worker.sqs_url, region)
     if worker.broker_url:
         return BrokerConfig(
             kind="redis",
@@ -90,7 +89,7 @@ def _embedded(worker: WorkerSettings) -> BrokerConfig:
     )
 
 
-def _sqs(worker: WorkerSettings, url: str) -> BrokerConfig:
+def _sqs(worker: WorkerSettings, url: str, region: str | None) -> BrokerConfig:
     if not worker.result_backend:
         raise ConfigError(
             "--result-backend", None, "a result backend URL; an SQS broker keeps no results"
@@ -122,7 +121,6 @@ def _sqs(worker: WorkerSettings, url: str) -> BrokerConfig:
         },
         "polling_interval": SQS_POLLING_INTERVAL,
     }
-    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
     if region:
         options["region"] = region
     return BrokerConfig(
@@ -135,7 +133,7 @@ def _sqs(worker: WorkerSettings, url: str) -> BrokerConfig:
 
 def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
     """A Celery app speaking the wire protocol: JSON only, late acks, one prefetch per slot."""
-    config = broker_config(settings.worker)
+    config = broker_config(settings.worker, region=settings.aws.region)
     app = Celery(
         name, broker=config.broker_url, backend=config.result_backend, set_as_current=False
     )
@@ -154,6 +152,7 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
         worker_prefetch_multiplier=1,
         # Also sizes the S3 result backend's connection pool, which every greenlet shares.
         worker_concurrency=settings.worker.concurrency,
+        s3_region=settings.aws.region,  # the S3 result backend's
         task_default_queue=settings.worker.queue,
         broker_transport_options=config.transport_options,
         broker_connection_retry_on_startup=True,

@@ -1,4 +1,4 @@
-"""``forwarder submit | get | cancel | dead-letter``: tasks, through the broker or a gateway.
+"""``forwarder submit | get | cancel``: tasks, through the broker or a gateway.
 
 Like ``forwarder.cli.commands``, nothing heavy is imported until a command runs.
 """
@@ -7,25 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from forwarder.cli.flags import GATEWAY_TOKEN_ENV, GATEWAY_URL_ENV, SETTINGS_FLAGS, settings_from
-from forwarder.config.parsers import Invalid, http_url, positive_number
+from forwarder.cli.flags import add_settings_flags, settings_from
+from forwarder.config.parsers import Invalid, positive_number
+from forwarder.config.schema import CLIENT, flags_for
+from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError
 
 if TYPE_CHECKING:
     from forwarder.client.broker import ForwarderClient, TaskResult
     from forwarder.client.gateway import GatewayClient
 
-__all__ = [
-    "cmd_cancel",
-    "cmd_dead_letter_list",
-    "cmd_dead_letter_replay",
-    "cmd_get",
-    "cmd_submit",
-]
+__all__ = ["add_commands", "cmd_cancel", "cmd_get", "cmd_submit"]
 
 
 def _read_payload(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,30 +43,35 @@ def _seconds(flag: str, value: str | None) -> float | None:
         raise ConfigError(flag, value, str(exc)) from None
 
 
-def _gateway_target(args: argparse.Namespace) -> tuple[str, str | None] | None:
+def _gateway_target(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None] | None:
     """The gateway URL and token; None: talk to the broker.
 
-    ``--gateway-url`` with broker settings is an error; ``FORWARDER_GATEWAY_URL`` gives way to
-    them, as the environment gives way to flags everywhere else.
+    ``--gateway-url`` with broker settings is an error. ``FORWARDER_GATEWAY_URL`` gives way to
+    broker settings on the command line (flags, ``--config``, ``--set``), as the environment
+    gives way to flags everywhere else; ``client.gateway_url`` in the file gives way to broker
+    flags.
     """
-    given = [flag for flag in SETTINGS_FLAGS if getattr(args, flag[2:].replace("-", "_"), None)]
-    given += ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
-    if args.gateway_url is not None:
-        url, key = args.gateway_url, "--gateway-url"
-        if given:
-            raise ConfigError(
-                given[0], "given with --gateway-url", "a gateway URL or broker settings, not both"
-            )
-    elif os.environ.get(GATEWAY_URL_ENV, "").strip() and not given:
-        url, key = os.environ[GATEWAY_URL_ENV].strip(), GATEWAY_URL_ENV
-    else:
+    client = settings.client
+    if client.gateway_url is None:
         return None
-    try:
-        url = http_url(url)
-    except Invalid:
-        raise ConfigError(key, url, "an http(s) URL, for example http://127.0.0.1:8000") from None
-    token = args.token or os.environ.get(GATEWAY_TOKEN_ENV, "").strip() or None
-    return url, token
+    source = settings.sources["client.gateway_url"]
+    from_file = source == "client.gateway_url"
+    flags = [
+        setting.flag
+        for setting in flags_for("tasks")
+        if setting.section is not CLIENT and getattr(args, setting.dest, None)
+    ]
+    files = ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
+    if source == "--gateway-url":
+        if flags or files:
+            raise ConfigError(
+                (flags or files)[0],
+                "given with --gateway-url",
+                "a gateway URL or broker settings, not both",
+            )
+    elif flags or (files and not from_file):
+        return None
+    return client.gateway_url, client.gateway_token
 
 
 def _print_result(result: TaskResult) -> None:
@@ -82,7 +82,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     payload = _read_payload(args)
     ttl = _seconds("--ttl", args.ttl)
     timeout = _seconds("--timeout", args.timeout)
-    target = _gateway_target(args)
+    settings = settings_from(args)
+    target = _gateway_target(args, settings)
     if target is not None:
         if args.legacy_task_name:
             raise ConfigError("--legacy-task-name", True, "broker mode only (no --gateway-url)")
@@ -97,7 +98,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             )
             result = None if args.wait is None else gateway.wait(task_id, timeout=args.wait)
     else:
-        result, task_id = _submit_to_broker(args, payload, ttl, timeout)
+        result, task_id = _submit_to_broker(args, settings, payload, ttl, timeout)
     if result is None:
         print(task_id)
         return 0
@@ -106,12 +107,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _submit_to_broker(
-    args: argparse.Namespace, payload: dict[str, Any], ttl: float | None, timeout: float | None
+    args: argparse.Namespace,
+    settings: Settings,
+    payload: dict[str, Any],
+    ttl: float | None,
+    timeout: float | None,
 ) -> tuple[TaskResult | None, str]:
     from forwarder.client.broker import ForwarderClient
     from forwarder.protocol import LEGACY_TASK_NAME, LIRA_TASK_NAME
 
-    settings = settings_from(args)
     task_name = LEGACY_TASK_NAME if args.legacy_task_name else LIRA_TASK_NAME
     with ForwarderClient(settings) as client:
 
@@ -152,14 +156,15 @@ def _submit_to_broker(
 
 def _reader(args: argparse.Namespace) -> GatewayClient | ForwarderClient:
     """A client of the gateway (``--gateway-url`` or its variable), else of the broker."""
-    target = _gateway_target(args)
+    settings = settings_from(args)
+    target = _gateway_target(args, settings)
     if target is not None:
         from forwarder.client.gateway import GatewayClient
 
         return GatewayClient(*target)
     from forwarder.client.broker import ForwarderClient
 
-    return ForwarderClient(settings_from(args))
+    return ForwarderClient(settings)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -176,41 +181,34 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dead_letter_list(args: argparse.Namespace) -> int:
-    from forwarder.client.dead_letters import open_dead_letters
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    submit = commands.add_parser("submit", help="submit a task; prints its id")
+    add_settings_flags(submit, "tasks")
+    submit.add_argument("payload", help="JSON object, or - to read it from standard input")
+    submit.add_argument("--wait", type=float, metavar="SECONDS", help="wait and print the result")
+    submit.add_argument(
+        "--ttl", metavar="SECONDS", help="longest wait in the queue; then it ends EXPIRED"
+    )
+    submit.add_argument(
+        "--timeout", metavar="SECONDS", help="longest model call; then it ends TIMEOUT"
+    )
+    submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the same key within the retention window returns the same task id",
+    )
+    submit.add_argument(
+        "--legacy-task-name", action="store_true", help="send under the pre-LIRA task name"
+    )
+    submit.set_defaults(run=cmd_submit)
 
-    store = open_dead_letters(settings_from(args))
-    try:
-        for shown, entry in enumerate(store.entries()):
-            if args.limit is not None and shown >= args.limit:
-                break
-            if entry.letter is None:
-                line: dict[str, Any] = {"not_a_dead_letter": entry.problem}
-            else:
-                line = entry.letter.summary(show_payload=args.show_payload)
-            print(json.dumps(line, default=str))
-    finally:
-        store.close()
-    return 0
+    get = commands.add_parser("get", help="print a task's state and result")
+    add_settings_flags(get, "tasks")
+    get.add_argument("task_id")
+    get.add_argument("--wait", type=float, metavar="SECONDS", help="wait until it is done")
+    get.set_defaults(run=cmd_get)
 
-
-def cmd_dead_letter_replay(args: argparse.Namespace) -> int:
-    if bool(args.task_ids) == args.all:
-        raise ConfigError("replay", args.task_ids, "task ids or --all, one of the two")
-    from forwarder.client.broker import ForwarderClient
-    from forwarder.client.dead_letters import open_dead_letters, replay
-
-    settings = settings_from(args)
-    wanted = None if args.all else set(args.task_ids)
-    store = open_dead_letters(settings)
-    try:
-        with ForwarderClient(settings) as client:
-            sent = replay(client.app, store, wanted)
-    finally:
-        store.close()
-    for letter in sent:
-        print(json.dumps({"task_id": letter.task_id, "queue": letter.queue, "replayed": True}))
-    missing = sorted((wanted or set()) - {letter.task_id for letter in sent})
-    for task_id in missing:
-        sys.stderr.write(f"forwarder: {task_id} is not on the dead-letter queue\n")
-    return 1 if missing else 0
+    cancel = commands.add_parser("cancel", help="cancel a task; prints its state")
+    add_settings_flags(cancel, "tasks")
+    cancel.add_argument("task_id")
+    cancel.set_defaults(run=cmd_cancel)

@@ -222,7 +222,7 @@ class FileStore:
 
 
 class S3Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, region: str | None = None) -> None:
         boto3 = import_extra(
             "boto3", "aws", lambda hint: ConfigError("--result-backend", url, f"s3:// with {hint}")
         )
@@ -230,9 +230,7 @@ class S3Store:
         self.bucket = location.bucket
         self.prefix = f"{location.prefix}idempotency/"
         # A session of its own: boto3's default session is not safe to build from two threads.
-        session = boto3.session.Session(
-            region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        )
+        session = boto3.session.Session(region_name=region)
         self.client = session.client("s3")
 
     def _object(self, key: str) -> str:
@@ -291,6 +289,6 @@ def open_store(settings: Settings) -> IdempotencyStore:
     if results.startswith(("redis://", "rediss://")):
         return RedisStore(results)
     if results.startswith("s3://"):
-        return S3Store(results)
+        return S3Store(results, region=settings.aws.region)
     folder = Path(results.removeprefix("file://"))
     return FileStore(folder / "idempotency")

@@ -8,19 +8,12 @@ signing secrets) are kept out of every ``repr``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from forwarder.config.parsers import (
-    Invalid,
-    choice,
-    http_url,
-    nonempty,
-    positive_int,
-    positive_number,
-)
+from forwarder.config.masking import MASK
+from forwarder.config.parsers import Invalid, choice
 from forwarder.errors import ConfigError
 
 __all__ = [
@@ -33,14 +26,15 @@ __all__ = [
     "HookSettings",
     "LoggingSettings",
     "MtlsAuth",
-    "masked_document",
+    "check_hook_settings",
+    "hook_names",
     "parse_callback_auth",
-    "parse_hook_settings",
+    "parse_default_auth",
+    "shown_auth",
 ]
 
 HOOK_NAMES = ("callback", "logging")
 SINK_NAMES = ("file", "firehose")
-HOOK_SECTIONS = ("hooks", "endpoint", "callback", "logging")
 
 
 @dataclass(frozen=True)
@@ -107,32 +101,6 @@ class HookSettings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
-def _parse(key: str, raw: object, parse: Callable[[object], Any]) -> Any:
-    try:
-        return parse(raw)
-    except Invalid as exc:
-        raise ConfigError(key, raw, str(exc)) from None
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise Invalid("a string")
-    return nonempty(str(value))
-
-
-def _folder_path(value: object) -> Path:
-    return Path(_text(value)).expanduser()
-
-
-def _labels(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
-        for k, v in value.items()
-    ):
-        raise Invalid("a mapping of label names to strings")
-    return {k: str(v) for k, v in value.items()}
-
-
 def parse_callback_auth(value: object, key: str) -> CallbackAuth:
     """``{"kind": "basic", "username", "password"}`` or ``{"kind": "mtls", "cert", "key"}``.
 
@@ -167,123 +135,47 @@ def parse_callback_auth(value: object, key: str) -> CallbackAuth:
     return MtlsAuth(cert=value["cert"], key=value["key"])
 
 
-def _section(document: Mapping[str, Any], name: str, cls: type) -> dict[str, Any]:
-    value = document.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(name, value, "a mapping of settings")
-    allowed = [f.name for f in fields(cls)]
-    for key in value:
-        if key not in allowed:
-            raise ConfigError(
-                f"{name}.{key}", value[key], f"unknown key; allowed: {', '.join(allowed)}"
-            )
-    return dict(value)
-
-
-def _hook_names(value: object) -> tuple[str, ...]:
-    if value is None:
-        return ()
+def hook_names(value: object) -> tuple[str, ...]:
+    """The ``hooks`` key: a list of hook names, or one comma-separated string."""
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, Sequence):
         raise ConfigError("hooks", value, f"a list of hook names from: {', '.join(HOOK_NAMES)}")
     names: list[str] = []
     for item in value:
-        name = _parse("hooks", item, choice(*HOOK_NAMES))
+        try:
+            name = choice(*HOOK_NAMES)(item)
+        except Invalid as exc:
+            raise ConfigError("hooks", item, str(exc)) from None
         if name not in names:
             names.append(name)
     return tuple(names)
 
 
-_ENDPOINT_PARSERS: dict[str, Callable[[object], Any]] = {
-    "id": _text,
-    "name": _text,
-    "type": _text,
-    "bundle_id": _text,
-    "labels": _labels,
-}
-_CALLBACK_PARSERS: dict[str, Callable[[object], Any]] = {
-    "default_url": http_url,
-    "timeout_seconds": positive_number,
-    "max_attempts": positive_int,
-    "backoff_seconds": positive_number,
-    "backoff_max_seconds": positive_number,
-    "signing_secret": _text,
-}
-_LOGGING_PARSERS: dict[str, Callable[[object], Any]] = {
-    "sink": choice(*SINK_NAMES),
-    "path": _folder_path,
-    "stream_name": _text,
-    "role_arn": _text,
-    "region": _text,
-    "role_session_name": _text,
-    "session_duration_seconds": positive_int,
-    "refresh_leeway_seconds": positive_number,
-    "flush_interval_seconds": positive_number,
-}
+def parse_default_auth(value: object) -> CallbackAuth:
+    return parse_callback_auth(value, "callback.default_auth")
 
 
-def _parsed(
-    section: str, values: Mapping[str, Any], parsers: Mapping[str, Callable[[object], Any]]
-) -> dict[str, Any]:
-    return {
-        key: _parse(f"{section}.{key}", raw, parsers[key])
-        for key, raw in values.items()
-        if key in parsers and raw is not None
-    }
+def shown_auth(auth: CallbackAuth | None) -> dict[str, str] | None:
+    """The credentials as a config file would hold them, every secret shown as ``***``."""
+    if auth is None:
+        return None
+    if isinstance(auth, BasicAuth):
+        return {"kind": "basic", "username": auth.username, "password": MASK}
+    return {"kind": "mtls", "cert": MASK, "key": MASK}
 
 
-def parse_hook_settings(document: Mapping[str, Any]) -> HookSettings:
-    """The hook settings from a config document's top-level hook sections."""
-    names = _hook_names(document.get("hooks"))
-    endpoint = EndpointInfo(
-        **_parsed("endpoint", _section(document, "endpoint", EndpointInfo), _ENDPOINT_PARSERS)
-    )
-    raw_callback = _section(document, "callback", CallbackSettings)
-    callback_values = _parsed("callback", raw_callback, _CALLBACK_PARSERS)
-    if raw_callback.get("default_auth") is not None:
-        callback_values["default_auth"] = parse_callback_auth(
-            raw_callback["default_auth"], "callback.default_auth"
-        )
-    callback = CallbackSettings(**callback_values)
-    logging = LoggingSettings(
-        **_parsed("logging", _section(document, "logging", LoggingSettings), _LOGGING_PARSERS)
-    )
-    if "logging" in names and logging.sink == "firehose" and not logging.stream_name:
+def check_hook_settings(hooks: HookSettings) -> None:
+    """What no single hook setting can check alone."""
+    logging = hooks.logging
+    if "logging" in hooks.names and logging.sink == "firehose" and not logging.stream_name:
         raise ConfigError(
             "logging.stream_name", None, "the Firehose delivery stream's name (sink: firehose)"
         )
+    callback = hooks.callback
     if callback.backoff_max_seconds < callback.backoff_seconds:
         raise ConfigError(
             "callback.backoff_max_seconds",
             callback.backoff_max_seconds,
             f"at least callback.backoff_seconds ({callback.backoff_seconds:g})",
         )
-    return HookSettings(names=names, endpoint=endpoint, callback=callback, logging=logging)
-
-
-def masked_document(hooks: HookSettings) -> dict[str, Any]:
-    """The hook settings as a config file would hold them, with every secret shown as ``***``."""
-    callback = asdict(hooks.callback)
-    auth = callback["default_auth"]
-    if auth is not None:
-        kind = "basic" if isinstance(hooks.callback.default_auth, BasicAuth) else "mtls"
-        callback["default_auth"] = {
-            "kind": kind,
-            **{k: v if k == "username" else "***" for k, v in auth.items()},
-        }
-    if callback["signing_secret"] is not None:
-        callback["signing_secret"] = "***"
-    logging = asdict(hooks.logging)
-    if logging["path"] is not None:
-        logging["path"] = str(logging["path"])
-    endpoint = asdict(hooks.endpoint)
-    endpoint["labels"] = dict(hooks.endpoint.labels)
-    return {
-        "hooks": list(hooks.names),
-        "endpoint": endpoint,
-        "callback": callback,
-        "logging": logging,
-    }

@@ -6,18 +6,69 @@ accepts both forms of the same thing and nothing else.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
+
+__all__ = [
+    "BROKER_SCHEMES",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MIN_TOKEN_LENGTH",
+    "RESULT_BACKEND_SCHEMES",
+    "S3_CHECKSUMS",
+    "TASK_VISIBILITY_SECONDS",
+    "TRACING",
+    "Invalid",
+    "S3Location",
+    "boolean",
+    "broker_url",
+    "choice",
+    "expanded_path",
+    "folder",
+    "gateway_url",
+    "hostname",
+    "http_url",
+    "labels",
+    "listen_port",
+    "non_negative_int",
+    "non_negative_number",
+    "nonempty",
+    "optional",
+    "port",
+    "positive_int",
+    "positive_number",
+    "result_backend_url",
+    "route",
+    "s3_location",
+    "seconds_or_no_limit",
+    "text",
+    "tokens",
+]
 
 BROKER_SCHEMES = ("redis", "rediss")
 RESULT_BACKEND_SCHEMES = ("redis", "rediss", "file", "s3")
 S3_CHECKSUMS = ("sha256",)
+TASK_VISIBILITY_SECONDS = {
+    "VISIBILITY_1M": 60,
+    "VISIBILITY_10M": 600,
+    "VISIBILITY_1H": 3600,
+    "VISIBILITY_24H": 86400,
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
+TRACING = ("off", "otel")
+MIN_TOKEN_LENGTH = 16
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_.\-]+$|^\[[0-9A-Fa-f:.]+\]$")
 # S3's rule for a bucket name: 3 to 63 lower-case letters, digits, dots and hyphens.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+# Printable ASCII without spaces or commas: what an Authorization header carries as is, and what
+# the comma-separated variable can hold.
+_TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 
 
 class Invalid(ValueError):
@@ -28,6 +79,30 @@ def nonempty(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Invalid("a non-empty string")
     return value.strip()
+
+
+def text(value: object) -> str:
+    """A non-empty string; a number in YAML is taken as its text."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise Invalid("a string")
+    return nonempty(str(value))
+
+
+def folder(value: object) -> Path:
+    return Path(nonempty(os.fspath(value) if isinstance(value, os.PathLike) else value))
+
+
+def expanded_path(value: object) -> Path:
+    return Path(text(value)).expanduser()
+
+
+def labels(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+        for k, v in value.items()
+    ):
+        raise Invalid("a mapping of label names to strings")
+    return {k: str(v) for k, v in value.items()}
 
 
 def boolean(value: object) -> bool:
@@ -69,6 +144,15 @@ def port(value: object) -> int:
     return number
 
 
+def listen_port(value: object) -> int:
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number is None or not 0 <= number <= 65535:
+        raise Invalid("a port number from 0 to 65535 (0 picks a free port)")
+    return number
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, bool):
         return None
@@ -94,6 +178,12 @@ def non_negative_number(value: object) -> float:
     if number is None or not number >= 0 or number == float("inf"):
         raise Invalid("a number of seconds, 0 or more (0 means no limit)")
     return number
+
+
+def seconds_or_no_limit(value: object) -> float | None:
+    """A number of seconds; 0 means no limit (None)."""
+    seconds = non_negative_number(value)
+    return seconds or None
 
 
 def choice(*allowed: str) -> Callable[[object], str]:
@@ -182,3 +272,29 @@ def s3_location(url: str) -> S3Location:
 
 def http_url(value: object) -> str:
     return _url(value, ("https", "http"), "https://sqs.us-east-1.amazonaws.com/123456789012/queue")
+
+
+def gateway_url(value: object) -> str:
+    try:
+        return http_url(value)
+    except Invalid:
+        raise Invalid("an http(s) URL, for example http://127.0.0.1:8000") from None
+
+
+def tokens(value: object) -> tuple[str, ...]:
+    """Bearer tokens: a list, or one comma-separated string; duplicates dropped, order kept."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise Invalid("a list of tokens, or one comma-separated string")
+    for token in value:
+        if (
+            not isinstance(token, str)
+            or len(token) < MIN_TOKEN_LENGTH
+            or not _TOKEN.fullmatch(token)
+        ):
+            raise Invalid(
+                f"tokens of at least {MIN_TOKEN_LENGTH} printable ASCII characters "
+                "without spaces or commas"
+            )
+    return tuple(dict.fromkeys(value))

@@ -1,60 +1,46 @@
 """One frozen, validated ``Settings`` built once at the entrypoint.
 
 Sources, each winning over the one before: defaults, the YAML file (model-engine's layout, with
-``--set a.b.c=value`` overrides applied to it), the environment, command-line flags. A value that is
-not allowed raises ``ConfigError`` naming the key as the user wrote it (file key, variable or flag),
-the value and what is allowed; nothing falls back silently.
+``--set a.b.c=value`` overrides applied to it), the environment, command-line flags. Which keys,
+variables and flags there are, and how each is parsed, is the table in ``forwarder.config.schema``.
+A value that is not allowed raises ``ConfigError`` naming the key as the user wrote it (file key,
+variable or flag), the value and what is allowed; nothing falls back silently.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from forwarder.config.gateway import (
-    GATEWAY_FLAGS,
-    GATEWAY_SECTION,
-    GatewaySettings,
-    parse_gateway_settings,
+from forwarder.config import schema
+from forwarder.config.gateway import GatewaySettings
+from forwarder.config.hooks import (
+    CallbackSettings,
+    EndpointInfo,
+    HookSettings,
+    LoggingSettings,
+    check_hook_settings,
 )
-from forwarder.config.hooks import HOOK_SECTIONS, HookSettings, parse_hook_settings
-from forwarder.config.parsers import (
-    Invalid,
-    boolean,
-    broker_url,
-    choice,
-    hostname,
-    http_url,
-    non_negative_int,
-    non_negative_number,
-    nonempty,
-    optional,
-    port,
-    positive_int,
-    positive_number,
-    result_backend_url,
-    route,
-)
+from forwarder.config.parsers import TASK_VISIBILITY_SECONDS, Invalid, boolean
+from forwarder.config.schema import environment_variables
 from forwarder.errors import ConfigError
 from forwarder.protocol import DEAD_LETTER_SUFFIX
-from forwarder.worker import gevent_switch as pool_switch
 
-__all__ = ["ModelServerSettings", "Settings", "WorkerSettings", "load_settings", "mask_url"]
-
-TASK_VISIBILITY_SECONDS = {
-    "VISIBILITY_1M": 60,
-    "VISIBILITY_10M": 600,
-    "VISIBILITY_1H": 3600,
-    "VISIBILITY_24H": 86400,
-}
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_FORMATS = ("json", "text")
-TRACING = ("off", "otel")
+__all__ = [
+    "AwsSettings",
+    "ClientSettings",
+    "ModelServerSettings",
+    "Settings",
+    "WorkerSettings",
+    "environment_variables",
+    "load_settings",
+]
 
 
 @dataclass(frozen=True)
@@ -71,6 +57,8 @@ class ModelServerSettings:
     # Only meaningful for model-engine's synchronous HTTP forwarder; accepted so its files load.
     forward_http_status: bool = False
     forward_http_status_in_body: bool = True
+    # The CA bundle the model call trusts; None: certifi's.
+    ca_bundle: str | None = None
 
     def url(self, route: str) -> str:
         return f"http://{self.user_hostname}:{self.user_port}{route}"
@@ -130,6 +118,21 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class AwsSettings:
+    """What every AWS client the settings build shares; credentials stay with boto3's chain."""
+
+    region: str | None = None  # None: boto3's own (its config file)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where ``forwarder submit | get | cancel`` find a gateway; None: they use the broker."""
+
+    gateway_url: str | None = None
+    gateway_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the worker, client and CLI need, validated."""
 
@@ -138,99 +141,38 @@ class Settings:
     hooks: HookSettings = field(default_factory=HookSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     firehose_max_pool_connections: int = 10
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+    # The key each value given was read from (a flag, a variable or a file key), by field path.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
-def _folder(value: object) -> Path:
-    return Path(nonempty(os.fspath(value) if isinstance(value, os.PathLike) else value))
-
-
-@dataclass(frozen=True)
-class _Field:
-    section: str  # attribute of Settings holding the value, "" for Settings itself
-    name: str
-    file_key: str
-    parse: Callable[[object], object]
-    env: str | None = None
-    flag: str | None = None
-
-
-def _model(name: str, parse: Callable[[object], object], env: str | None = None) -> _Field:
-    return _Field("model", name, f"forwarder.async.{name}", parse, env)
-
-
-def _worker(
-    name: str, parse: Callable[[object], object], env: str | None = None, flag: str | None = None
-) -> _Field:
-    return _Field("worker", name, f"worker.{name}", parse, env, flag)
-
-
-_FIELDS = (
-    _model("user_hostname", hostname),
-    _model("user_port", port),
-    _model("predict_route", route),
-    _model("healthcheck_route", route),
-    _model("model_engine_unwrap", boolean),
-    _model("serialize_results_as_string", boolean, env="SERIALIZE_RESULTS_AS_STRING"),
-    _model("wrap_response", boolean),
-    _model("forward_http_status", boolean),
-    _model("forward_http_status_in_body", boolean),
-    _worker("queue", nonempty, env="FORWARDER_QUEUE", flag="--queue"),
-    _worker("concurrency", positive_int, flag="--concurrency"),
-    _worker("pool", choice(*pool_switch.POOLS), env=pool_switch.POOL_ENV, flag="--pool"),
-    _worker("max_tasks_per_child", optional(positive_int), env=pool_switch.MAX_TASKS_ENV),
-    _worker("broker_url", optional(broker_url), env="FORWARDER_BROKER_URL", flag="--broker-url"),
-    _worker(
-        "result_backend",
-        optional(result_backend_url),
-        env="FORWARDER_RESULT_BACKEND",
-        flag="--result-backend",
-    ),
-    _worker("sqs_url", optional(http_url), flag="--sqs-url"),
-    _worker("data_dir", _folder, env="FORWARDER_DATA_DIR", flag="--data-dir"),
-    _worker("task_visibility", choice(*TASK_VISIBILITY_SECONDS), flag="--task-visibility"),
-    _worker("model_timeout_seconds", positive_number),
-    _worker("connect_timeout_seconds", positive_number),
-    _worker("model_retries", non_negative_int),
-    _worker("retry_backoff_max_seconds", positive_number),
-    _worker("readiness_timeout_seconds", non_negative_number),
-    _worker("log_level", choice(*LOG_LEVELS), env="FORWARDER_LOG_LEVEL", flag="--log-level"),
-    _worker("log_format", choice(*LOG_FORMATS), env="FORWARDER_LOG_FORMAT", flag="--log-format"),
-    _worker("metrics_port", optional(port), env="FORWARDER_METRICS_PORT", flag="--metrics-port"),
-    _worker("metrics_host", hostname, env="FORWARDER_METRICS_HOST", flag="--metrics-host"),
-    _worker("tracing", choice(*TRACING), env="FORWARDER_TRACING", flag="--tracing"),
-    _worker(
-        "max_deliveries",
-        positive_int,
-        env="FORWARDER_MAX_DELIVERIES",
-        flag="--max-deliveries",
-    ),
-    _worker(
-        "dead_letter_queue",
-        optional(nonempty),
-        env="FORWARDER_DEAD_LETTER_QUEUE",
-        flag="--dead-letter-queue",
-    ),
-    _Field(
-        "",
-        "firehose_max_pool_connections",
-        "firehose_max_pool_connections",
-        positive_int,
-        env="FIREHOSE_CLIENT_MAX_POOL_CONNECTIONS",
-    ),
-)
-
-# Keys model-engine's forwarder files carry; accepted in any of its sections.
-_MODEL_ENGINE_KEYS = {f.name for f in fields(ModelServerSettings)} | {
+# The dataclass at each field path of the schema, every one before the one holding it.
+_CLASSES: dict[str, type] = {
+    "model": ModelServerSettings,
+    "worker": WorkerSettings,
+    "hooks.endpoint": EndpointInfo,
+    "hooks.callback": CallbackSettings,
+    "hooks.logging": LoggingSettings,
+    "hooks": HookSettings,
+    "gateway": GatewaySettings,
+    "aws": AwsSettings,
+    "client": ClientSettings,
+}
+# Keys of model-engine's forwarder sections; all accepted in each of them.
+_MODEL_ENGINE_KEYS = (
+    "user_hostname",
+    "user_port",
+    "predict_route",
+    "healthcheck_route",
+    "model_engine_unwrap",
+    "serialize_results_as_string",
+    "wrap_response",
+    "forward_http_status",
+    "forward_http_status_in_body",
     "use_grpc",
     "batch_route",
     "extra_routes",
-}
-_TOP_LEVEL_KEYS = (
-    "forwarder",
-    "worker",
-    "firehose_max_pool_connections",
-    *HOOK_SECTIONS,
-    GATEWAY_SECTION,
 )
 _FORWARDER_KEYS = ("sync", "async", "stream", "max_concurrency")
 
@@ -243,50 +185,25 @@ def load_settings(
 ) -> Settings:
     """Build the one Settings from file + ``--set`` overrides, environment and flags."""
     env = os.environ if env is None else env
-    flags = flags or {}
     document = _read_file(config_file) if config_file else {}
     for override in overrides:
         _apply_override(document, override)
-    file_values = _check_document(document)
-
-    values: dict[str, dict[str, Any]] = {"": {}, "model": {}, "worker": {}}
-    for spec in _FIELDS:
-        key, raw = _pick(spec, file_values, env, flags)
-        if key is not None:
-            values[spec.section][spec.name] = _parse(spec, key, raw)
-    unknown_flags = set(flags) - {s.flag for s in _FIELDS if s.flag} - set(GATEWAY_FLAGS)
-    if unknown_flags:
-        unknown = sorted(unknown_flags)[0]
-        raise ConfigError(unknown, flags[unknown], "not a settings flag")
-    return Settings(
-        model=ModelServerSettings(**values["model"]),
-        worker=WorkerSettings(**values["worker"]),
-        hooks=parse_hook_settings(document),
-        gateway=parse_gateway_settings(document, env, flags),
-        **values[""],
-    )
+    values, sources = schema.read(_file_values(document), env, flags or {})
+    settings = _build(values, sources)
+    check_hook_settings(settings.hooks)
+    return settings
 
 
-def _pick(
-    spec: _Field,
-    file_values: Mapping[str, object],
-    env: Mapping[str, str],
-    flags: Mapping[str, object],
-) -> tuple[str | None, object]:
-    if spec.flag and flags.get(spec.flag) is not None:
-        return spec.flag, flags[spec.flag]
-    if spec.env and env.get(spec.env, "").strip():
-        return spec.env, env[spec.env].strip()
-    if spec.file_key in file_values:
-        return spec.file_key, file_values[spec.file_key]
-    return None, None
-
-
-def _parse(spec: _Field, key: str, raw: object) -> object:
-    try:
-        return spec.parse(raw)
-    except Invalid as exc:
-        raise ConfigError(key, raw, str(exc)) from None
+def _build(values: Mapping[str, Any], sources: Mapping[str, str]) -> Settings:
+    """The dataclasses filled from the values by field path, innermost first."""
+    arguments: defaultdict[str, dict[str, Any]] = defaultdict(dict)
+    for path, value in values.items():
+        holder, _, name = path.rpartition(".")
+        arguments[holder][name] = value
+    for path, cls in _CLASSES.items():
+        holder, _, name = path.rpartition(".")
+        arguments[holder][name] = cls(**arguments[path])
+    return Settings(**arguments[""], sources=dict(sources))
 
 
 def _read_file(path: str | Path) -> dict[str, Any]:
@@ -331,22 +248,23 @@ def _apply_override(document: dict[str, Any], override: str) -> None:
         raise ConfigError("--set", override, f"a YAML value after = ({problem})") from None
 
 
-def _check_document(document: Mapping[str, Any]) -> dict[str, object]:
+def _file_values(document: Mapping[str, Any]) -> dict[str, object]:
     """Reject unknown keys and flatten the known ones to their dotted file keys."""
-    flat: dict[str, object] = {}
-    _check_keys(document, "", _TOP_LEVEL_KEYS)
-    if "firehose_max_pool_connections" in document:
-        flat["firehose_max_pool_connections"] = document["firehose_max_pool_connections"]
+    sections = schema.file_sections()
+    top_level = sections.pop("")
+    _check_keys(document, "", schema.top_level_keys())
+    flat: dict[str, object] = {key: document[key] for key in top_level if key in document}
     forwarder = _section(document, "", "forwarder", _FORWARDER_KEYS)
-    for name in ("sync", "stream", "async"):
-        section = _section(forwarder, "forwarder.", name, sorted(_MODEL_ENGINE_KEYS))
-        if name == "async":
+    for name in ("sync", "stream"):
+        _section(forwarder, "forwarder.", name, sorted(_MODEL_ENGINE_KEYS))
+    for key, names in sections.items():
+        if key == "forwarder.async":
+            allowed = sorted({*_MODEL_ENGINE_KEYS, *names})
+            section = _section(forwarder, "forwarder.", "async", allowed)
             _check_unsupported(section)
-            flat.update({f"forwarder.async.{k}": v for k, v in section.items()})
-    worker_keys = sorted(s.name for s in _FIELDS if s.section == "worker")
-    flat.update(
-        {f"worker.{k}": v for k, v in _section(document, "", "worker", worker_keys).items()}
-    )
+        else:
+            section = _section(document, "", key, names)
+        flat.update({f"{key}.{name}": value for name, value in section.items() if name in names})
     return flat
 
 
@@ -383,15 +301,3 @@ def _check_unsupported(section: Mapping[str, Any]) -> None:
         raise ConfigError(
             "forwarder.async.batch_route", section["batch_route"], "null (no batch route)"
         )
-
-
-def mask_url(url: str | None) -> str | None:
-    """The URL with any password replaced by ``***``, for logs and check-config."""
-    if not url or "@" not in url:
-        return url
-    scheme, sep, rest = url.partition("://")
-    if not sep:  # no scheme: the credentials start the string
-        scheme, rest = "", url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{host}"

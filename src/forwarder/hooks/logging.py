@@ -8,39 +8,15 @@ record may be kept for years by whoever reads the stream.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from forwarder.config.hooks import EndpointInfo
+from forwarder.config.masking import masked_request
 from forwarder.hooks.base import Hook, TaskOutcome
 from forwarder.hooks.sinks.base import Sink
 
-__all__ = ["LoggingHook", "build_record", "masked_request"]
-
-MASK = "***"
-_SECRET_AUTH_FIELDS = ("password", "cert", "key")
-
-
-# The password of scheme://user:password@host (found by tests/faults: it reached the records).
-_URL_PASSWORD = re.compile(r"(?P<keep>^[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/@]*(?=@)")
-
-
-def masked_request(request: Any) -> Any:
-    """The request with ``callback_auth``'s secrets and a password in ``callback_url`` masked."""
-    if not isinstance(request, Mapping):
-        return request
-    masked = dict(request)
-    url = request.get("callback_url")
-    if isinstance(url, str):
-        masked["callback_url"] = _URL_PASSWORD.sub(rf"\g<keep>{MASK}", url)
-    auth = request.get("callback_auth")
-    if isinstance(auth, Mapping):
-        masked["callback_auth"] = {
-            k: MASK if k in _SECRET_AUTH_FIELDS else v for k, v in auth.items()
-        }
-    return masked
+__all__ = ["LoggingHook", "build_record"]
 
 
 def build_record(

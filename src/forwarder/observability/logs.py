@@ -18,43 +18,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["FORMATS", "configure", "mask_secrets", "summarize"]
+from forwarder.config.masking import mask_secrets
 
-FORMATS = ("json", "text")
-MASK = "***"
-
-_SECRETS = [
-    # scheme://user:password@host
-    re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)", re.I),
-    # Authorization: Basic xxx / Bearer xxx, in headers or their reprs
-    re.compile(
-        r"(?P<keep>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer)\s+)[^\s'\",}]+", re.I
-    ),
-    # "password": "...", password=..., token / secret / signing_secret / key fields
-    re.compile(
-        r"(?P<keep>['\"]?\b(?:password|passwd|token|secret|signing_secret|api_key|auth_token)"
-        r"['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+",
-        re.I,
-    ),
-    re.compile(r"(?P<keep>)whsec_[A-Za-z0-9+/=]+"),
-    re.compile(
-        r"(?P<keep>)-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S
-    ),
-]
-
-
-def mask_secrets(text: str) -> str:
-    for pattern in _SECRETS:
-        text = pattern.sub(rf"\g<keep>{MASK}", text)
-    return text
-
-
-def summarize(value: Any) -> str:
-    """What INFO shows of a body: its type and size, and a mapping's keys."""
-    size = len(json.dumps(value, default=str))
-    if isinstance(value, Mapping):
-        return f"<object of {size} bytes, keys: {', '.join(sorted(map(str, value)))}>"
-    return f"<{type(value).__name__} of {size} bytes>"
+__all__ = ["configure"]
 
 
 def _task_context() -> dict[str, str]:

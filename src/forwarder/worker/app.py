@@ -16,7 +16,8 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from forwarder.celery_ext.brokers import broker_config, celery_app
-from forwarder.config.settings import Settings, mask_url
+from forwarder.config.masking import mask_url
+from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError, ForwarderError
 from forwarder.hooks import HookRunner, build_hooks
 from forwarder.observability.metrics import enable as enable_metrics

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -117,10 +116,9 @@ class Forwarder:
             "maxsize": self.pool_size,
             "retries": False,
             "timeout": urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]),
-            # The CA bundle and proxies requests would use, read once rather than per request.
-            "ca_certs": os.environ.get("REQUESTS_CA_BUNDLE")
-            or os.environ.get("CURL_CA_BUNDLE")
-            or certifi.where(),
+            # The CA bundle (forwarder.async.ca_bundle) and proxies requests would use, read once
+            # rather than per request.
+            "ca_certs": self.model.ca_bundle or certifi.where(),
         }
         proxy = requests.utils.get_environ_proxies(self.model.predict_url).get(
             urllib3.util.parse_url(self.model.predict_url).scheme or "http"

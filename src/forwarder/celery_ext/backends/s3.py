@@ -3,9 +3,9 @@
 URL: ``s3://BUCKET[/PREFIX][?checksum=sha256]``. Each result is one object,
 ``PREFIX/celery-task-meta-<task id>``, holding the JSON Celery stores; a task with no object yet
 is PENDING. ``checksum=sha256`` has S3 check every stored result against its SHA-256 (without it,
-boto3's default CRC32 applies); boto3 checks the stored checksum again on every read. Region,
-endpoint and credentials come from the standard AWS environment (``AWS_DEFAULT_REGION`` or
-``AWS_REGION``, ``AWS_ENDPOINT_URL``, ...), read when the client is built.
+boto3's default CRC32 applies); boto3 checks the stored checksum again on every read. The
+region is the settings' ``aws.region`` (Celery's ``s3_region``); endpoint and credentials come
+from the standard AWS environment (``AWS_ENDPOINT_URL``, ...), read when the client is built.
 
 Permissions: readers need ``s3:GetObject`` and ``s3:ListBucket``; the worker also ``s3:PutObject``
 (Celery reads a result before writing it, so that a SUCCESS is never overwritten). Without
@@ -18,7 +18,6 @@ matters: Celery joins it to the key as is) and, off AWS, ``s3_endpoint_url``.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery.backends.base import KeyValueStoreBackend
@@ -67,9 +66,7 @@ class S3Backend(ForwarderBackendMixin, KeyValueStoreBackend):  # type: ignore[mi
 
         pool = max(MIN_POOL_CONNECTIONS, self.app.conf.worker_concurrency or 0)
         # A session of its own: boto3's default session is not safe to build from two threads.
-        session = boto3.session.Session(
-            region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        )
+        session = boto3.session.Session(region_name=self.app.conf.s3_region)
         return session.client("s3", config=Config(max_pool_connections=pool))
 
     def _object_key(self, key: str | bytes) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from forwarder.config.hooks import SINK_NAMES
 from forwarder.config.settings import Settings
 from forwarder.hooks.sinks.base import Sink, SinkCounts
@@ -21,5 +23,9 @@ def build_sink(settings: Settings) -> Sink:
     if logging.sink == "firehose":
         from forwarder.hooks.sinks.firehose import FirehoseSink
 
-        return FirehoseSink(logging, max_pool_connections=settings.firehose_max_pool_connections)
+        region = logging.region or settings.aws.region
+        return FirehoseSink(
+            replace(logging, region=region),
+            max_pool_connections=settings.firehose_max_pool_connections,
+        )
     raise ValueError(f"unknown sink {logging.sink!r}; known: {', '.join(SINK_NAMES)}")
