@@ -18,15 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from forwarder.devtools.localrun import HOST, Child, EnvChanges, environment, free_port
-from support.env import server_missing
 from support.processes import Processes
+from support.servers import LocalHTTPServer, QuietHandler, server_missing
 from support.waiting import wait_all, wait_for, wait_one
 
 pytestmark = [pytest.mark.integration]
@@ -99,7 +97,7 @@ def launcher_env(launcher: str, agent_port: int, *, gevent: bool) -> dict[str, s
     return {**env, OTEL_GEVENT_PATCH: "patch_all"} if gevent else env
 
 
-class FakeAgent:
+class FakeAgent(LocalHTTPServer):
     """Stands in for the Datadog agent on 127.0.0.1: accepts everything, keeps the traces."""
 
     def __init__(self) -> None:
@@ -108,9 +106,9 @@ class FakeAgent:
         self._lock = threading.Lock()
         agent = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _reply(self) -> None:
-                payload = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                payload = self.read_body()
                 if re.fullmatch(r"/v0\.\d/traces", self.path):
                     with agent._lock:
                         agent.traces += int(self.headers.get("X-Datadog-Trace-Count") or 0)
@@ -124,25 +122,13 @@ class FakeAgent:
 
             do_GET = do_POST = do_PUT = _reply
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
 def agent() -> Iterator[FakeAgent]:
-    fake = FakeAgent()
-    try:
+    with FakeAgent() as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import signal
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from forwarder.devtools.localrun import Child, aws_environment, start_moto
-from support.env import server_missing
+from forwarder.devtools.localrun import aws_environment, start_moto
+from support.servers import running, server_missing
 
 __all__ = ["MotoServer", "moto", "moto_here", "moto_server"]
 
@@ -22,9 +21,8 @@ class MotoServer:
 
     region = "us-east-1"
 
-    def __init__(self, endpoint_url: str, child: Child) -> None:
+    def __init__(self, endpoint_url: str) -> None:
         self.endpoint_url = endpoint_url
-        self.child = child
         self.env: dict[str, str | None] = aws_environment(endpoint_url, self.region)
 
     def client(self, service: str, **kwargs: Any) -> Any:
@@ -75,14 +73,9 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
     """moto in server mode; skipped where it is not installed (an error when CI is set)."""
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("boto3") is None:
         server_missing("moto or boto3 not installed; install them with: pip install -e '.[dev]'")
-    try:
-        child, endpoint_url = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
-    except RuntimeError as exc:
-        pytest.fail(f"moto server did not start: {exc}")
-    try:
-        yield MotoServer(endpoint_url, child)
-    finally:
-        child.stop(signal.SIGTERM, timeout=10)
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with running("moto server", lambda: start_moto(log_path)) as endpoint_url:
+        yield MotoServer(endpoint_url)
 
 
 @pytest.fixture

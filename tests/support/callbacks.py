@@ -6,12 +6,12 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from forwarder.devtools.localrun import HOST
+from support.servers import LocalHTTPServer, QuietHandler
 
 __all__ = ["CallbackReceiver", "Received", "callback_receiver"]
 
@@ -26,7 +26,7 @@ class Received:
         return json.loads(self.body)
 
 
-class CallbackReceiver:
+class CallbackReceiver(LocalHTTPServer):
     """An HTTP server in this process that records every POST and answers ``statuses`` in turn.
 
     Once ``statuses`` is used up it answers 200.
@@ -38,9 +38,9 @@ class CallbackReceiver:
         self._lock = threading.Lock()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
                 with receiver._lock:
                     receiver.received.append(Received(self.path, dict(self.headers), body))
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
@@ -48,13 +48,7 @@ class CallbackReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        super().__init__(Handler)
 
     def url(self, path: str = "/callback") -> str:
         return f"http://{HOST}:{self.port}{path}"
@@ -63,16 +57,9 @@ class CallbackReceiver:
         with self._lock:
             return {r.json()["task_id"]: r for r in self.received}
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def callback_receiver() -> Iterator[CallbackReceiver]:
     """A receiver listening on 127.0.0.1 for this test; shut down after it."""
-    receiver = CallbackReceiver()
-    try:
+    with CallbackReceiver() as receiver:
         yield receiver
-    finally:
-        receiver.close()

@@ -1,11 +1,6 @@
-"""The environment a test's processes start with, and what a missing server does to a test."""
+"""The environment a test's processes start with: only the test's own settings reach them."""
 
 from __future__ import annotations
-
-import os
-from typing import NoReturn
-
-import pytest
 
 from forwarder.devtools.localrun import environment
 
@@ -14,7 +9,6 @@ __all__ = [
     "WORKER_ENV_VARS",
     "base_env",
     "env_changes",
-    "server_missing",
 ]
 
 # Variables the worker reads; removed from the inherited environment so that only the test's own
@@ -50,10 +44,3 @@ def env_changes(**overrides: str | None) -> dict[str, str | None]:
 def base_env(**overrides: str) -> dict[str, str]:
     """The whole environment of a test's process: this one's, changed by ``env_changes``."""
     return environment(env_changes(**overrides))
-
-
-def server_missing(reason: str) -> NoReturn:
-    """Skip the test for a server that is not installed here; fail it when CI is set."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so this is an error")
-    pytest.skip(reason)

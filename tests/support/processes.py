@@ -21,7 +21,15 @@ from support.env import GATEWAY_ENV_VARS, env_changes
 from support.gateway import GATEWAY_RE, Gateway
 from support.workers import Worker
 
-__all__ = ["Processes", "module_procs", "procs"]
+__all__ = ["Processes", "command_args", "module_procs", "procs"]
+
+
+def command_args(flags: Mapping[str, object | None], sets: Sequence[str] = ()) -> list[str]:
+    """``FLAG VALUE`` for each flag that has a value, then ``--set KEY=VALUE`` for each of ``sets``."""
+    args = [
+        part for flag, value in flags.items() if value is not None for part in (flag, str(value))
+    ]
+    return args + [part for override in sets for part in ("--set", override)]
 
 
 class Processes:
@@ -66,25 +74,15 @@ class Processes:
         wait: bool = True,
         ready_timeout: float = 30.0,
     ) -> Worker:
-        args: list[str] = []
-        if broker_url is not None:
-            args += ["--broker-url", broker_url]
-        if data_dir is not None:
-            args += ["--data-dir", str(data_dir)]
-        if queue is not None:
-            args += ["--queue", queue]
-        if concurrency is not None:
-            args += ["--concurrency", str(concurrency)]
-        if pool is not None:
-            args += ["--pool", pool]
-        overrides = [
-            f"forwarder.async.user_port={model_port}",
-            f"forwarder.async.user_hostname={HOST}",
-            *sets,
-        ]
-        for override in overrides:
-            args += ["--set", override]
-        args += list(extra_args)
+        flags = {
+            "--broker-url": broker_url,
+            "--data-dir": data_dir,
+            "--queue": queue,
+            "--concurrency": concurrency,
+            "--pool": pool,
+        }
+        model = [f"forwarder.async.user_port={model_port}", f"forwarder.async.user_hostname={HOST}"]
+        args = [*command_args(flags, [*model, *sets]), *extra_args]
         # The embedded default's folder must never fall back to the user's real data folder.
         worker_env = env_changes(XDG_DATA_HOME=str(self.log_dir / "xdg-data"), **(env or {}))
         worker = Worker(args, worker_env, self.log_dir / f"worker-{len(self.workers)}.log")
@@ -102,15 +100,14 @@ class Processes:
         timeout: float = 30.0,
     ) -> Gateway:
         """A gateway, up and listening on a port it picked itself (no race for a free port)."""
-        args = ["gateway", "--host", HOST, "--port", "0"]
-        if broker_url is not None:
-            args += ["--broker-url", broker_url]
-        if data_dir is not None:
-            args += ["--data-dir", str(data_dir)]
-        if queue is not None:
-            args += ["--queue", queue]
-        for override in sets:
-            args += ["--set", override]
+        flags = {
+            "--host": HOST,
+            "--port": 0,
+            "--broker-url": broker_url,
+            "--data-dir": data_dir,
+            "--queue": queue,
+        }
+        args = ["gateway", *command_args(flags, sets)]
         gateway_env = env_changes(
             XDG_DATA_HOME=str(self.log_dir / "xdg-data"),
             **{**dict.fromkeys(GATEWAY_ENV_VARS), **(env or {})},

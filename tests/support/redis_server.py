@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import redis
 
-from forwarder.devtools.localrun import HOST, Child, find_redis_server, start_redis
-from support.env import server_missing
+from forwarder.devtools.localrun import HOST, find_redis_server, start_redis
+from support.servers import running, server_missing
 
 __all__ = [
     "REDIS_DATABASES",
@@ -28,26 +28,26 @@ REDIS_DATABASES = 64
 class RedisServer:
     """The session's redis-server; hands out each database to one live fixture at a time."""
 
-    def __init__(self, port: int, child: Child) -> None:
+    def __init__(self, port: int) -> None:
         self.port = port
-        self.child = child
         self._in_use: set[int] = set()
 
     def url(self, db: int) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
 
-    def acquire_db(self) -> int:
-        """A fresh (flushed) database number that no live fixture is using."""
-        for db in range(REDIS_DATABASES):
-            if db not in self._in_use:
-                self._in_use.add(db)
-                with redis.Redis(host=HOST, port=self.port, db=db, socket_timeout=5) as conn:
-                    conn.flushdb()
-                return db
-        raise RuntimeError("no free redis database")
-
-    def release_db(self, db: int) -> None:
-        self._in_use.discard(db)
+    @contextmanager
+    def database(self) -> Iterator[str]:
+        """The URL of a fresh (flushed) database that no live fixture is using, until exit."""
+        db = next((n for n in range(REDIS_DATABASES) if n not in self._in_use), None)
+        if db is None:
+            raise RuntimeError("no free redis database")
+        self._in_use.add(db)
+        try:
+            with redis.Redis(host=HOST, port=self.port, db=db, socket_timeout=5) as conn:
+                conn.flushdb()
+            yield self.url(db)
+        finally:
+            self._in_use.discard(db)
 
 
 @pytest.fixture(scope="session")
@@ -59,34 +59,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
             "install it with: apt-get install redis-server"
         )
     folder = tmp_path_factory.mktemp("redis")
-    try:
-        child, port = start_redis(folder, "--databases", str(REDIS_DATABASES), timeout=10)
-    except RuntimeError as exc:
-        pytest.fail(f"redis-server did not start: {exc}")
-    try:
-        yield RedisServer(port, child)
-    finally:
-        child.stop(signal.SIGTERM, timeout=10)
+    with running(
+        "redis-server", lambda: start_redis(folder, "--databases", str(REDIS_DATABASES), timeout=10)
+    ) as port:
+        yield RedisServer(port)
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """A fresh, empty Redis database for this test (broker and result backend)."""
-    db = redis_server.acquire_db()
-    try:
-        yield redis_server.url(db)
-    finally:
-        redis_server.release_db(db)
+    with redis_server.database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def module_redis_url(redis_server: RedisServer) -> Iterator[str]:
     """A fresh, empty Redis database shared by a module's tests."""
-    db = redis_server.acquire_db()
-    try:
-        yield redis_server.url(db)
-    finally:
-        redis_server.release_db(db)
+    with redis_server.database() as url:
+        yield url
 
 
 def stored_meta(url: str, task_id: str) -> dict[str, Any] | None:
