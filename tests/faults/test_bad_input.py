@@ -16,6 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.processes import Processes
+from support.tally import Tally
+
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
 EXAMPLES = 500
@@ -88,14 +91,14 @@ payloads = st.one_of(
 
 @pytest.mark.timeout(170)
 def test_generated_bad_payloads_each_end_readably_and_the_worker_stays_up(
-    procs: Any, redis_url: str, faults: Any
+    procs: Processes, redis_url: str
 ) -> None:
     echo = procs.echo()
     worker = procs.worker(
         model_port=echo.port, pool="prefork", broker_url=redis_url, queue="bad", concurrency=2
     )
     client = procs.client(broker_url=redis_url, queue="bad")
-    tally = faults.Tally(f"bad input: {EXAMPLES} generated payloads (prefork c=2)")
+    tally = Tally(f"bad input: {EXAMPLES} generated payloads (prefork c=2)")
     errors: dict[str, int] = {}
 
     @settings(
@@ -138,7 +141,9 @@ def test_generated_bad_payloads_each_end_readably_and_the_worker_stays_up(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
-def test_a_payload_too_deep_to_pickle_fails_alone(pool: str, procs: Any, redis_url: str) -> None:
+def test_a_payload_too_deep_to_pickle_fails_alone(
+    pool: str, procs: Processes, redis_url: str
+) -> None:
     """Found by the generated run: this stopped a prefork worker (RecursionError in pickle)."""
     echo = procs.echo()
     worker = procs.worker(

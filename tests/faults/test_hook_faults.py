@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from forwarder.devtools.localrun import aws_environment, free_port
+from support.processes import Processes
+from support.tally import Tally, scaled, submit_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -36,9 +37,9 @@ def sink_totals(log: str) -> dict[str, int]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
 def test_callback_receiver_and_logging_sink_down(
-    pool: str, procs: Any, redis_url: str, tmp_path: Path, faults: Any
+    pool: str, procs: Processes, redis_url: str, tmp_path: Path
 ) -> None:
-    count = faults.scaled(60)
+    count = scaled(60)
     dead = free_port()  # nothing listens here: both the callback and Firehose (via STS) fail
     config = tmp_path / "hooks.yaml"
     config.write_text(
@@ -73,8 +74,8 @@ def test_callback_receiver_and_logging_sink_down(
         extra_args=["--config", str(config)],
     )
     client = procs.client(broker_url=redis_url, queue="hooks")
-    tally = faults.Tally(f"callback receiver + Firehose sink down ({pool} c=4, {count} tasks)")
-    faults.submit_all(client, tally, [{"args": {"n": n}} for n in range(count)])
+    tally = Tally(f"callback receiver + Firehose sink down ({pool} c=4, {count} tasks)")
+    submit_all(client, tally, [{"args": {"n": n}} for n in range(count)])
     tally.wait(redis_url, timeout=60)
     tally.model_calls = echo.stats()["predict_requests"]
     assert worker.stop(signal.SIGTERM, timeout=30) == 0

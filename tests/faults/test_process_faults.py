@@ -12,19 +12,20 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from forwarder.devtools.localrun import Child, find_redis_server, free_port
+from support.processes import Processes
+from support.tally import Tally, scaled, submit_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
 POOLS = ["prefork", "gevent"]
 
 
-def wait_stored(tally: Any, url: str, count: int, timeout: float) -> None:
+def wait_stored(tally: Tally, url: str, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         tally.read(url)
@@ -40,14 +41,14 @@ def wait_stored(tally: Any, url: str, count: int, timeout: float) -> None:
     reason="~100 s (a 60 s visibility timeout): set FORWARDER_FAULTS_LONG=1 to run it",
 )
 def test_worker_sigkill_mid_run_then_a_new_worker_loses_none(
-    procs: Any, redis_url: str, faults: Any
+    procs: Processes, redis_url: str
 ) -> None:
     """SIGKILL of the whole worker (main process and children) with tasks in flight.
 
     The Redis transport keeps each delivered, unacknowledged message in its ``unacked`` set; a
     later worker restores it once the visibility timeout (the shortest allowed: 60 s) has passed.
     """
-    count = faults.scaled(200)
+    count = scaled(200)
     echo = procs.echo()
     worker = procs.worker(
         model_port=echo.port,
@@ -57,8 +58,8 @@ def test_worker_sigkill_mid_run_then_a_new_worker_loses_none(
         extra_args=["--task-visibility", "VISIBILITY_1M"],
     )
     client = procs.client(broker_url=redis_url, queue="sigkill")
-    tally = faults.Tally(f"worker SIGKILL mid-run (redis, prefork c=4, {count} tasks)")
-    faults.submit_all(client, tally, [{"args": {"n": n, "delay": 0.02}} for n in range(count)])
+    tally = Tally(f"worker SIGKILL mid-run (redis, prefork c=4, {count} tasks)")
+    submit_all(client, tally, [{"args": {"n": n, "delay": 0.02}} for n in range(count)])
     wait_stored(tally, redis_url, count // 3, timeout=60)
     assert worker.stop(signal.SIGKILL, timeout=10) == -signal.SIGKILL
     tally.read(redis_url)
@@ -86,10 +87,10 @@ def test_worker_sigkill_mid_run_then_a_new_worker_loses_none(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pool", POOLS)
 def test_model_server_killed_and_restarted_mid_run(
-    pool: str, procs: Any, redis_url: str, faults: Any
+    pool: str, procs: Processes, redis_url: str
 ) -> None:
     """SIGKILL of the model server with requests in flight, back on the same port 1 s later."""
-    count = faults.scaled(150)
+    count = scaled(150)
     echo = procs.echo()
     procs.worker(
         model_port=echo.port,
@@ -100,8 +101,8 @@ def test_model_server_killed_and_restarted_mid_run(
         sets=["worker.retry_backoff_max_seconds=0.5"],
     )
     client = procs.client(broker_url=redis_url, queue="model")
-    tally = faults.Tally(f"model server SIGKILL + restart ({pool} c=4, {count} tasks)")
-    faults.submit_all(client, tally, [{"args": {"n": n, "delay": 0.02}} for n in range(count)])
+    tally = Tally(f"model server SIGKILL + restart ({pool} c=4, {count} tasks)")
+    submit_all(client, tally, [{"args": {"n": n, "delay": 0.02}} for n in range(count)])
     wait_stored(tally, redis_url, count // 3, timeout=60)
     before = echo.stats()["predict_requests"]
     echo.kill()
@@ -139,10 +140,10 @@ def _vanished(url: str, queue: str, task_ids: list[str]) -> list[str]:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("pool", POOLS)
 def test_redis_restarted_with_persistence_mid_run(
-    pool: str, procs: Any, tmp_path: Path, faults: Any
+    pool: str, procs: Processes, tmp_path: Path
 ) -> None:
     """redis-server (append-only file on) stopped and started again on its port mid-run."""
-    count = faults.scaled(150)
+    count = scaled(150)
     port = free_port()
     folder = tmp_path / "redis-aof"
     folder.mkdir()
@@ -162,9 +163,9 @@ def test_redis_restarted_with_persistence_mid_run(
             extra_args=["--task-visibility", "VISIBILITY_1M"],
         )
         client = procs.client(broker_url=url, queue="restart")
-        tally = faults.Tally(f"redis-server restart, AOF on ({pool} c=4, {count} tasks)")
+        tally = Tally(f"redis-server restart, AOF on ({pool} c=4, {count} tasks)")
         payloads = [{"args": {"n": n, "delay": 0.02}} for n in range(count)]
-        faults.submit_all(client, tally, payloads)
+        submit_all(client, tally, payloads)
         wait_stored(tally, url, count // 3, timeout=60)
         assert server.stop(signal.SIGTERM, timeout=15) == 0
         time.sleep(1.0)
@@ -192,16 +193,16 @@ def test_redis_restarted_with_persistence_mid_run(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pool", POOLS)
 def test_sigterm_under_load_finishes_in_flight_and_loses_none(
-    pool: str, procs: Any, redis_url: str, faults: Any
+    pool: str, procs: Processes, redis_url: str
 ) -> None:
-    count = faults.scaled(150)
+    count = scaled(150)
     echo = procs.echo()
     first = procs.worker(
         model_port=echo.port, pool=pool, broker_url=redis_url, queue="term", concurrency=4
     )
     client = procs.client(broker_url=redis_url, queue="term")
-    tally = faults.Tally(f"SIGTERM under load ({pool} c=4, {count} tasks)")
-    faults.submit_all(client, tally, [{"args": {"n": n, "delay": 0.05}} for n in range(count)])
+    tally = Tally(f"SIGTERM under load ({pool} c=4, {count} tasks)")
+    submit_all(client, tally, [{"args": {"n": n, "delay": 0.05}} for n in range(count)])
     wait_stored(tally, redis_url, count // 3, timeout=60)
     assert first.stop(signal.SIGTERM, timeout=30) == 0, first.log()[-3000:]
     tally.read(redis_url)

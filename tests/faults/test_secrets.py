@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+
+from support.callbacks import CallbackReceiver
+from support.processes import Processes
+from support.waiting import wait_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -21,7 +24,7 @@ PEM_KEY = f"-----BEGIN PRIVATE KEY-----\n{SECRETS[1]}\n-----END PRIVATE KEY-----
 
 @pytest.mark.timeout(60)
 def test_secrets_are_masked_in_logs_and_records(
-    procs: Any, redis_url: str, callback_receiver: Any, tmp_path: Path, helpers: Any
+    procs: Processes, redis_url: str, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     records = tmp_path / "records.jsonl"
     config = tmp_path / "hooks.yaml"
@@ -52,7 +55,7 @@ def test_secrets_are_masked_in_logs_and_records(
         client.submit({"args": {"n": 2}, "callback_url": url, "callback_auth": mtls}),
         client.submit({"args": {"n": 3}, "cloudpickle": "x", "callback_auth": basic}),
     ]
-    helpers.wait_all(client, ids, timeout=30)
+    wait_all(client, ids, timeout=30)
     assert worker.stop(signal.SIGTERM, timeout=20) == 0
     written = records.read_text() if records.exists() else ""
     assert "REQUEST_BODY" in written, "no logging-hook records were written"

@@ -10,9 +10,12 @@ calls. The worker now renews the visibility of what it holds: one model call per
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import pytest
+
+from support.aws import MotoServer
+from support.processes import Processes
+from support.tally import Tally, submit_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -21,14 +24,14 @@ TASK_SECONDS = 5
 
 
 @pytest.fixture
-def aws_env(moto_here: Any) -> Any:
+def aws_env(moto_here: MotoServer) -> MotoServer:
     return moto_here
 
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
 def test_sqs_visibility_shorter_than_the_task(
-    pool: str, aws_env: Any, procs: Any, redis_url: str, faults: Any
+    pool: str, aws_env: MotoServer, procs: Processes, redis_url: str
 ) -> None:
     count = 3
     sqs = aws_env.client("sqs")
@@ -46,12 +49,10 @@ def test_sqs_visibility_shorter_than_the_task(
         extra_args=[item for pair in flags.items() for item in pair],
     )
     client = procs.client(queue="short", extra_flags=flags)
-    tally = faults.Tally(
+    tally = Tally(
         f"SQS visibility {VISIBILITY_SECONDS} s < task {TASK_SECONDS} s ({pool}, {count} tasks)"
     )
-    faults.submit_all(
-        client, tally, [{"args": {"n": n, "delay": TASK_SECONDS}} for n in range(count)]
-    )
+    submit_all(client, tally, [{"args": {"n": n, "delay": TASK_SECONDS}} for n in range(count)])
     tally.wait(redis_url, timeout=40)
     # Let a redelivery that is still running reach the model server before counting.
     tally.model_calls = echo.stats()["predict_requests"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +16,9 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from forwarder.protocol import LIRA_TASK_NAME
+from support.aws import MotoServer
+from support.processes import Processes
+from support.waiting import wait_all
 
 pytestmark = [pytest.mark.integration]
 
@@ -26,13 +28,13 @@ PREFIX = "forwarder/tasks"
 
 
 @pytest.fixture
-def aws(moto_here: Any) -> Any:
+def aws(moto_here: MotoServer) -> MotoServer:
     """moto, also behind this process's AWS clients (the forwarder's client reads the env)."""
     return moto_here
 
 
 @pytest.fixture
-def plain_celery(aws: Any) -> Iterator[Celery]:
+def plain_celery(aws: MotoServer) -> Iterator[Celery]:
     """A Celery app that knows nothing of the forwarder: Celery's own S3 backend."""
     app = Celery("plain", set_as_current=False)
     app.conf.update(
@@ -48,7 +50,7 @@ def plain_celery(aws: Any) -> Iterator[Celery]:
     app.close()
 
 
-def stored_object(aws: Any, task_id: str) -> dict[str, Any]:
+def stored_object(aws: MotoServer, task_id: str) -> dict[str, Any]:
     reply = aws.client("s3").get_object(
         Bucket=BUCKET, Key=f"{PREFIX}/celery-task-meta-{task_id}", ChecksumMode="ENABLED"
     )
@@ -62,18 +64,16 @@ def stored_object(aws: Any, task_id: str) -> dict[str, Any]:
 def test_sqs_worker_stores_results_in_s3(
     pool: str,
     checksum: bool,
-    aws: Any,
+    aws: MotoServer,
     plain_celery: Celery,
-    procs: Any,
-    start_echo: Any,
-    helpers: SimpleNamespace,
+    procs: Processes,
 ) -> None:
     queue_url = aws.client("sqs").create_queue(QueueName=QUEUE)["QueueUrl"]
     aws.client("s3").create_bucket(Bucket=BUCKET)
     backend = f"s3://{BUCKET}/{PREFIX}" + ("?checksum=sha256" if checksum else "")
     aws_flags = {"--sqs-url": queue_url, "--result-backend": backend}
 
-    echo = start_echo()
+    echo = procs.echo()
     procs.worker(
         model_port=echo.port,
         pool=pool,
@@ -88,7 +88,7 @@ def test_sqs_worker_stores_results_in_s3(
     ids = [client.submit(payload) for payload in payloads]
     # Not a JSON object: the worker refuses it (PayloadError), failing that task alone.
     failing = client.app.send_task(LIRA_TASK_NAME, args=[[1, 2], None], queue=QUEUE).id
-    done = helpers.wait_all(client, [*ids, failing], timeout=30)
+    done = wait_all(client, [*ids, failing], timeout=30)
 
     expected = [{"result": json.dumps(p["args"]), "status_code": 200} for p in payloads]
     assert [(done[t].status, done[t].result) for t in ids] == [("SUCCESS", e) for e in expected]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+
+from forwarder.devtools.localrun import free_port
+from support.env import base_env
 
 pytestmark = [pytest.mark.integration]
 
@@ -68,9 +70,7 @@ CASES: dict[str, tuple[dict[str, str], list[str], str, str, str]] = {
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_setting_exits_2_with_one_line(
-    case: str, tmp_path: Path, helpers: SimpleNamespace
-) -> None:
+def test_bad_setting_exits_2_with_one_line(case: str, tmp_path: Path) -> None:
     env_values, args, key, value, allowed = CASES[case]
     config = tmp_path / "forwarder.yaml"
     config.write_text("forwarder:\n  async:\n    user_prot: 5005\n", encoding="utf-8")
@@ -78,10 +78,10 @@ def test_bad_setting_exits_2_with_one_line(
     if "--broker-url" not in args:
         args += ["--data-dir", str(tmp_path / "data")]
     # Were the value accepted, the worker would wait for this (closed) port until the timeout.
-    args += ["--set", f"forwarder.async.user_port={helpers.free_port()}"]
+    args += ["--set", f"forwarder.async.user_port={free_port()}"]
     proc = subprocess.run(
         [sys.executable, "-m", "forwarder", "worker", *args],
-        env=helpers.base_env(XDG_DATA_HOME=str(tmp_path / "xdg"), **env_values),
+        env=base_env(XDG_DATA_HOME=str(tmp_path / "xdg"), **env_values),
         capture_output=True,
         text=True,
         timeout=30,

@@ -13,13 +13,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from forwarder.client.broker import ForwarderClient
 from forwarder.protocol import LEGACY_TASK_NAME, LIRA_TASK_NAME, TASK_NAMES
+from support.echo import EchoServer
+from support.processes import Processes
+from support.redis_server import stored_meta
+from support.waiting import wait_for, wait_one
+from support.workers import Worker
 
 pytestmark = [pytest.mark.integration]
 
@@ -41,15 +45,15 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str], dict[str, Any]]] = {
 class Deployment:
     pool: str
     redis_url: str
-    echo: Any
-    workers: dict[str, Any]
+    echo: EchoServer
+    workers: dict[str, Worker]
     clients: dict[str, ForwarderClient]
     queues: dict[str, str]
 
 
 @pytest.fixture(scope="module", params=["prefork", "gevent"])
 def deployment(
-    request: pytest.FixtureRequest, module_procs: Any, module_redis_url: str
+    request: pytest.FixtureRequest, module_procs: Processes, module_redis_url: str
 ) -> Iterator[Deployment]:
     pool = request.param
     echo = module_procs.echo()
@@ -90,9 +94,7 @@ def test_task_names_are_model_engines() -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("task_name", TASK_NAMES, ids=["lira", "legacy"])
-def test_success_result_is_exactly_the_contract(
-    deployment: Deployment, task_name: str, helpers: SimpleNamespace
-) -> None:
+def test_success_result_is_exactly_the_contract(deployment: Deployment, task_name: str) -> None:
     ids = {
         variant: client.submit(PAYLOAD, task_name=task_name)
         for variant, client in deployment.clients.items()
@@ -100,43 +102,39 @@ def test_success_result_is_exactly_the_contract(
     got = {
         variant: (result.status, result.result, result.status_code)
         for variant, result in (
-            (v, helpers.wait_one(deployment.clients[v], task_id)) for v, task_id in ids.items()
+            (v, wait_one(deployment.clients[v], task_id)) for v, task_id in ids.items()
         )
     }
     expected = {variant: ("SUCCESS", want, 200) for variant, (_, _, want) in VARIANTS.items()}
     assert got == expected
     # Celery's own stored meta says the same (no reshaping on the client side).
     for variant, task_id in ids.items():
-        meta = helpers.stored_meta(deployment.redis_url, task_id)
+        meta = stored_meta(deployment.redis_url, task_id)
         assert meta is not None
         assert (meta["status"], meta["result"]) == ("SUCCESS", VARIANTS[variant][2])
 
 
 @pytest.mark.timeout(90)
-def test_non_2xx_reply_is_a_success_with_its_status_code(
-    deployment: Deployment, helpers: SimpleNamespace
-) -> None:
+def test_non_2xx_reply_is_a_success_with_its_status_code(deployment: Deployment) -> None:
     client = deployment.clients["default"]
     task_id = client.submit({"args": {"status_code": 503}})
-    result = helpers.wait_one(client, task_id)
+    result = wait_one(client, task_id)
     assert result.status == "SUCCESS", result
     assert result.result == {"result": json.dumps({"status_code": 503}), "status_code": 503}
     assert result.status_code == 503
 
 
 @pytest.mark.timeout(90)
-def test_non_json_reply_fails_only_that_task(
-    deployment: Deployment, helpers: SimpleNamespace
-) -> None:
+def test_non_json_reply_fails_only_that_task(deployment: Deployment) -> None:
     client = deployment.clients["default"]
     failing = client.submit({"args": {"raw_text": "this is not json"}})
-    result = helpers.wait_one(client, failing)
+    result = wait_one(client, failing)
     assert result.status == "FAILURE", result
     assert result.result is None
     assert result.error is not None and "JSON" in result.error, result.error
     assert "this is not json" in result.error
 
-    meta = helpers.stored_meta(deployment.redis_url, failing)
+    meta = stored_meta(deployment.redis_url, failing)
     assert meta is not None and meta["status"] == "FAILURE", meta
     stored = meta["result"]
     assert stored["exc_type"] == "ModelResponseError", stored
@@ -148,34 +146,30 @@ def test_non_json_reply_fails_only_that_task(
     assert "ModelResponseError" in custom["error_metadata"]
 
     following = client.submit(PAYLOAD)
-    after = helpers.wait_one(client, following)
+    after = wait_one(client, following)
     assert (after.status, after.result) == ("SUCCESS", AS_STRING)
     assert deployment.workers["default"].running
 
 
 @pytest.mark.timeout(90)
-def test_payload_that_is_not_an_object_fails_only_that_task(
-    deployment: Deployment, helpers: SimpleNamespace
-) -> None:
+def test_payload_that_is_not_an_object_fails_only_that_task(deployment: Deployment) -> None:
     client = deployment.clients["default"]
     sent = client.app.send_task(
         LIRA_TASK_NAME,
         args=[["not", "an", "object"], datetime.now()],
         queue=deployment.queues["default"],
     )
-    failed = helpers.wait_one(client, sent.id)
+    failed = wait_one(client, sent.id)
     assert failed.status == "FAILURE", failed
     assert failed.error is not None and "payload must be a JSON object" in failed.error
-    meta = helpers.stored_meta(deployment.redis_url, sent.id)
+    meta = stored_meta(deployment.redis_url, sent.id)
     assert meta is not None and meta["result"]["exc_type"] == "PayloadError", meta
-    following = helpers.wait_one(client, client.submit(PAYLOAD))
+    following = wait_one(client, client.submit(PAYLOAD))
     assert (following.status, following.result) == ("SUCCESS", AS_STRING)
 
 
 @pytest.mark.timeout(90)
-def test_extra_args_and_unknown_kwargs_are_ignored_with_a_warning(
-    deployment: Deployment, helpers: SimpleNamespace
-) -> None:
+def test_extra_args_and_unknown_kwargs_are_ignored_with_a_warning(deployment: Deployment) -> None:
     client = deployment.clients["default"]
     sent = client.app.send_task(
         LIRA_TASK_NAME,
@@ -183,15 +177,15 @@ def test_extra_args_and_unknown_kwargs_are_ignored_with_a_warning(
         kwargs={"unknown": 1},
         queue=deployment.queues["default"],
     )
-    result = helpers.wait_one(client, sent.id)
+    result = wait_one(client, sent.id)
     assert (result.status, result.result) == ("SUCCESS", AS_STRING), result
     worker = deployment.workers["default"]
-    helpers.wait_for(
+    wait_for(
         lambda: f"task {sent.id}: ignoring 1 extra positional argument(s)" in worker.log(),
         5,
         "no warning about the extra positional argument in the worker log",
     )
-    helpers.wait_for(
+    wait_for(
         lambda: f"task {sent.id}: ignoring keyword argument(s) ['unknown']" in worker.log(),
         5,
         "no warning about the unknown keyword argument in the worker log",

@@ -21,7 +21,14 @@ import psutil
 import pytest
 import redis
 
+from forwarder.client.broker import ForwarderClient
 from forwarder.client.dead_letters import decode
+from support.aws import MotoServer
+from support.echo import EchoServer
+from support.env import base_env
+from support.processes import Processes
+from support.waiting import wait_all, wait_for, wait_one
+from support.workers import Worker
 
 pytestmark = [pytest.mark.integration]
 
@@ -46,7 +53,7 @@ def count(read: Read, task_id: str) -> int:
 
 
 def kill_deliveries(
-    read: Read, echo: Any, task_id: str, helpers: Any, kill: Callable[[int], None]
+    read: Read, echo: EchoServer, task_id: str, kill: Callable[[int], None]
 ) -> None:
     """Kill whatever runs each of the task's first MAX_DELIVERIES deliveries, mid model call.
 
@@ -70,7 +77,7 @@ def kill_deliveries(
             calls = echo.stats()["predict_requests"] - baseline
             return pid if pid not in killed and calls == delivery else None
 
-        pid = helpers.wait_for(started, 20, lambda: f"a delivery never ran: {meta()}")
+        pid = wait_for(started, 20, lambda: f"a delivery never ran: {meta()}")
         killed.add(pid)
         kill(pid)
 
@@ -83,13 +90,11 @@ def backdate_unacked(redis_url: str) -> None:
             conn.zadd("unacked_index", dict.fromkeys(tags, 0))
 
 
-def dead_letter_cli(
-    helpers: Any, redis_url: str, queue: str, *args: str
-) -> subprocess.CompletedProcess[str]:
+def dead_letter_cli(redis_url: str, queue: str, *args: str) -> subprocess.CompletedProcess[str]:
     flags = ["--broker-url", redis_url, "--queue", queue]
     return subprocess.run(
         [sys.executable, "-m", "forwarder", "dead-letter", *args, *flags],
-        env=helpers.base_env(),
+        env=base_env(),
         capture_output=True,
         text=True,
         timeout=30,
@@ -97,14 +102,12 @@ def dead_letter_cli(
     )
 
 
-def assert_dead_lettered(
-    client: Any, task_id: str, redis_url: str, queue: str, helpers: Any
-) -> None:
+def assert_dead_lettered(client: ForwarderClient, task_id: str, redis_url: str, queue: str) -> None:
     result = client.get(task_id)
     assert result.status == "FAILURE", result
     assert f"dead-lettered after {MAX_DELIVERIES} deliveries" in (result.error or ""), result
     assert f"copied to {queue}-dead-letter" in (result.error or ""), result
-    listed = dead_letter_cli(helpers, redis_url, queue, "list")
+    listed = dead_letter_cli(redis_url, queue, "list")
     assert listed.returncode == 0, listed.stderr
     lines = [json.loads(line) for line in listed.stdout.splitlines()]
     assert all("task_id" in line for line in lines), lines
@@ -117,7 +120,7 @@ def assert_dead_lettered(
 
 @pytest.mark.timeout(60)
 def test_prefork_child_killed_every_time_is_dead_lettered_then_replayed(
-    procs: Any, redis_url: str, helpers: Any
+    procs: Processes, redis_url: str
 ) -> None:
     queue = "poison-prefork"
     echo = procs.echo()
@@ -131,28 +134,28 @@ def test_prefork_child_killed_every_time_is_dead_lettered_then_replayed(
     )
     client = procs.client(broker_url=redis_url, queue=queue)
     others = [client.submit({"args": {"n": n}}) for n in range(2)]
-    helpers.wait_all(client, others, timeout=20)
+    wait_all(client, others, timeout=20)
     poison = client.submit(POISON)
 
     def kill_child(pid: int) -> None:
         assert pid in {child.pid for child in worker.children()}
         psutil.Process(pid).kill()
 
-    kill_deliveries(redis_reader(redis_url), echo, poison, helpers, kill_child)
-    assert helpers.wait_one(client, poison, timeout=20).status == "FAILURE"
+    kill_deliveries(redis_reader(redis_url), echo, poison, kill_child)
+    assert wait_one(client, poison, timeout=20).status == "FAILURE"
     others += [client.submit({"args": {"n": n}}) for n in range(2, 4)]
-    results = helpers.wait_all(client, others, timeout=20)
+    results = wait_all(client, others, timeout=20)
     assert {r.status for r in results.values()} == {"SUCCESS"}
     # Forwarded exactly MAX_DELIVERIES times; the delivery after them was not.
     assert echo.stats()["predict_requests"] == MAX_DELIVERIES + len(others)
-    assert_dead_lettered(client, poison, redis_url, queue, helpers)
+    assert_dead_lettered(client, poison, redis_url, queue)
 
     # The poison condition gone (nothing kills it now), a replay runs it to the end.
-    replayed = dead_letter_cli(helpers, redis_url, queue, "replay", poison)
+    replayed = dead_letter_cli(redis_url, queue, "replay", poison)
     assert replayed.returncode == 0, replayed.stderr
     assert json.loads(replayed.stdout) == {"task_id": poison, "queue": queue, "replayed": True}
-    assert dead_letter_cli(helpers, redis_url, queue, "list").stdout == ""
-    result = helpers.wait_one(client, poison, timeout=20)
+    assert dead_letter_cli(redis_url, queue, "list").stdout == ""
+    result = wait_one(client, poison, timeout=20)
     assert result.status == "SUCCESS", result
     assert result.result == {"result": '{"delay": 3}', "status_code": 200}
     assert count(redis_reader(redis_url), poison) == 1
@@ -160,14 +163,12 @@ def test_prefork_child_killed_every_time_is_dead_lettered_then_replayed(
 
 
 @pytest.mark.timeout(90)
-def test_gevent_worker_killed_every_time_is_dead_lettered(
-    procs: Any, redis_url: str, helpers: Any
-) -> None:
+def test_gevent_worker_killed_every_time_is_dead_lettered(procs: Processes, redis_url: str) -> None:
     queue = "poison-gevent"
     echo = procs.echo()
     client = procs.client(broker_url=redis_url, queue=queue)
 
-    def start() -> Any:
+    def start() -> Worker:
         return procs.worker(
             model_port=echo.port,
             pool="gevent",
@@ -179,7 +180,7 @@ def test_gevent_worker_killed_every_time_is_dead_lettered(
 
     workers = [start()]
     others = [client.submit({"args": {"n": n}}) for n in range(2)]
-    helpers.wait_all(client, others, timeout=20)
+    wait_all(client, others, timeout=20)
     poison = client.submit(POISON)
 
     def kill_worker(pid: int) -> None:
@@ -188,20 +189,20 @@ def test_gevent_worker_killed_every_time_is_dead_lettered(
         backdate_unacked(redis_url)
         workers.append(start())
 
-    kill_deliveries(redis_reader(redis_url), echo, poison, helpers, kill_worker)
+    kill_deliveries(redis_reader(redis_url), echo, poison, kill_worker)
     worker = workers[-1]
     others += [client.submit({"args": {"n": n}}) for n in range(2, 4)]
-    assert helpers.wait_one(client, poison, timeout=20).status == "FAILURE"
-    results = helpers.wait_all(client, others, timeout=20)
+    assert wait_one(client, poison, timeout=20).status == "FAILURE"
+    results = wait_all(client, others, timeout=20)
     assert {r.status for r in results.values()} == {"SUCCESS"}
     assert echo.stats()["predict_requests"] == MAX_DELIVERIES + len(others)
-    assert_dead_lettered(client, poison, redis_url, queue, helpers)
+    assert_dead_lettered(client, poison, redis_url, queue)
     assert worker.running
 
 
 @pytest.mark.timeout(60)
 def test_sqs_with_s3_results_dead_letters_to_a_sibling_queue(
-    procs: Any, moto_here: Any, helpers: Any
+    procs: Processes, moto_here: MotoServer
 ) -> None:
     """The count's read-modify-write on S3; the copy goes to the SQS queue named after ours."""
     moto = moto_here
@@ -229,8 +230,8 @@ def test_sqs_with_s3_results_dead_letters_to_a_sibling_queue(
             return None
 
     poison = client.submit(POISON)
-    kill_deliveries(read, echo, poison, helpers, lambda pid: psutil.Process(pid).kill())
-    result = helpers.wait_one(client, poison, timeout=30)
+    kill_deliveries(read, echo, poison, lambda pid: psutil.Process(pid).kill())
+    result = wait_one(client, poison, timeout=30)
     assert result.status == "FAILURE", result
     assert f"copied to {queue}-dead-letter" in (result.error or ""), result
     assert echo.stats()["predict_requests"] == MAX_DELIVERIES

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import signal
 import time
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
+
+from forwarder.client.broker import ForwarderClient
+from forwarder.devtools.localrun import free_port
+from support.processes import Processes
+from support.waiting import wait_all, wait_for, wait_one
 
 pytestmark = [pytest.mark.integration]
 
 POOLS = ["prefork", "gevent"]
 
 
-def _statuses(client: Any, task_ids: list[str]) -> dict[str, str]:
+def _statuses(client: ForwarderClient, task_ids: list[str]) -> dict[str, str]:
     return {task_id: client.get(task_id).status for task_id in task_ids}
 
 
@@ -22,7 +25,7 @@ def _statuses(client: Any, task_ids: list[str]) -> dict[str, str]:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pool", POOLS)
 def test_sigterm_finishes_tasks_in_flight_and_loses_none(
-    pool: str, procs: Any, redis_url: str, helpers: SimpleNamespace
+    pool: str, procs: Processes, redis_url: str
 ) -> None:
     echo = procs.echo()
     queue = f"sigterm-{pool}"
@@ -37,7 +40,7 @@ def test_sigterm_finishes_tasks_in_flight_and_loses_none(
         started = [task_id for task_id in ids if statuses[task_id] == "STARTED"]
         return started if len(started) >= 2 else None
 
-    in_flight = helpers.wait_for(two_started, 10, "two tasks never reached STARTED")
+    in_flight = wait_for(two_started, 10, "two tasks never reached STARTED")
     assert len(in_flight) == 2, _statuses(client, ids)
 
     assert first.stop(signal.SIGTERM, timeout=15) == 0, first.log()[-3000:]
@@ -57,7 +60,7 @@ def test_sigterm_finishes_tasks_in_flight_and_loses_none(
     second = procs.worker(
         model_port=echo.port, pool=pool, queue=queue, broker_url=redis_url, concurrency=2
     )
-    results = helpers.wait_all(client, ids, timeout=30)
+    results = wait_all(client, ids, timeout=30)
     assert {t: r.status for t, r in results.items()} == dict.fromkeys(ids, "SUCCESS")
     assert echo.stats()["predict_requests"] == 6, "a task ran more or less than exactly once"
     served_by_second = [t for t in ids if f"[{t}] succeeded" in second.log()]
@@ -67,9 +70,7 @@ def test_sigterm_finishes_tasks_in_flight_and_loses_none(
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_prefork_recycles_children_after_max_tasks(
-    procs: Any, redis_url: str, helpers: SimpleNamespace
-) -> None:
+def test_prefork_recycles_children_after_max_tasks(procs: Processes, redis_url: str) -> None:
     echo = procs.echo()
     worker = procs.worker(
         model_port=echo.port,
@@ -116,7 +117,7 @@ def test_prefork_recycles_children_after_max_tasks(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pool", POOLS)
 def test_task_waits_for_a_restarting_model_server_and_gives_up_when_bounded(
-    pool: str, procs: Any, redis_url: str, helpers: SimpleNamespace
+    pool: str, procs: Processes, redis_url: str
 ) -> None:
     echo = procs.echo()
     patient = procs.worker(
@@ -145,7 +146,7 @@ def test_task_waits_for_a_restarting_model_server_and_gives_up_when_bounded(
     doomed = bounded_client.submit({"args": {"x": "no server"}})
 
     # The bounded one gives up after 1 + 2 attempts.
-    failed = helpers.wait_one(bounded_client, doomed, timeout=20)
+    failed = wait_one(bounded_client, doomed, timeout=20)
     assert failed.status == "FAILURE", failed
     assert failed.error is not None
     assert "gave up after 3 attempt" in failed.error, failed.error
@@ -160,7 +161,7 @@ def test_task_waits_for_a_restarting_model_server_and_gives_up_when_bounded(
     assert "model server unavailable, retry" in patient.log()
 
     echo.start()  # same port as before
-    result = helpers.wait_one(patient_client, waiting, timeout=20)
+    result = wait_one(patient_client, waiting, timeout=20)
     assert result.status == "SUCCESS", result
     assert result.result == {"result": '{"x": "survives a restart"}', "status_code": 200}
     assert echo.stats()["predict_requests"] == 1
@@ -171,13 +172,13 @@ def test_task_waits_for_a_restarting_model_server_and_gives_up_when_bounded(
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pool", POOLS)
 def test_worker_waits_for_model_server_readiness(
-    pool: str, procs: Any, redis_url: str, helpers: SimpleNamespace
+    pool: str, procs: Processes, redis_url: str
 ) -> None:
-    port = helpers.free_port()
+    port = free_port()
     worker = procs.worker(
         model_port=port, pool=pool, queue="readiness", broker_url=redis_url, wait=False
     )
-    helpers.wait_for(
+    wait_for(
         lambda: (
             f"waiting for model server to be ready at http://127.0.0.1:{port}/readyz"
             in worker.log()
@@ -197,7 +198,7 @@ def test_worker_waits_for_model_server_readiness(
     assert time.monotonic() - listening >= 0.9
     assert "model server is ready" in worker.log()
     client = procs.client(broker_url=redis_url, queue="readiness")
-    result = helpers.wait_one(client, client.submit({"args": {"ok": True}}))
+    result = wait_one(client, client.submit({"args": {"ok": True}}))
     assert (result.status, result.result) == (
         "SUCCESS",
         {"result": '{"ok": true}', "status_code": 200},

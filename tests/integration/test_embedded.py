@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from forwarder.protocol import LEGACY_TASK_NAME, LIRA_TASK_NAME
+from support.processes import Processes
+from support.waiting import wait_all, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -21,9 +21,7 @@ CONTRACT = {"result": json.dumps({"x": 1, "y": [1, 2]}), "status_code": 200}
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
-def test_embedded_default_round_trip(
-    pool: str, procs: Any, tmp_path: Path, helpers: SimpleNamespace
-) -> None:
+def test_embedded_default_round_trip(pool: str, procs: Processes, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     echo = procs.echo()
     worker = procs.worker(model_port=echo.port, pool=pool, queue="embedded", data_dir=data_dir)
@@ -32,7 +30,7 @@ def test_embedded_default_round_trip(
 
     ids = [client.submit(PAYLOAD, task_name=name) for name in (LIRA_TASK_NAME, LEGACY_TASK_NAME)]
     failing = client.submit({"args": {"raw_text": "plain text"}})
-    results = helpers.wait_all(client, [*ids, failing], timeout=20)
+    results = wait_all(client, [*ids, failing], timeout=20)
     assert [(results[t].status, results[t].result) for t in ids] == [("SUCCESS", CONTRACT)] * 2
 
     failed = results[failing]
@@ -50,9 +48,7 @@ def test_embedded_default_round_trip(
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
-def test_embedded_warm_shutdown_loses_nothing(
-    pool: str, procs: Any, tmp_path: Path, helpers: SimpleNamespace
-) -> None:
+def test_embedded_warm_shutdown_loses_nothing(pool: str, procs: Processes, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     echo = procs.echo()
     first = procs.worker(
@@ -60,7 +56,7 @@ def test_embedded_warm_shutdown_loses_nothing(
     )
     client = procs.client(data_dir=data_dir, queue="embedded")
     ids = [client.submit({"args": {"n": n, "delay": 1.5}}) for n in range(6)]
-    helpers.wait_for(
+    wait_for(
         lambda: sum(client.get(t).status == "STARTED" for t in ids) == 2,
         15,
         lambda: [client.get(t).status for t in ids],
@@ -72,6 +68,6 @@ def test_embedded_warm_shutdown_loses_nothing(
     procs.worker(
         model_port=echo.port, pool=pool, queue="embedded", data_dir=data_dir, concurrency=2
     )
-    results = helpers.wait_all(client, ids, timeout=30)
+    results = wait_all(client, ids, timeout=30)
     assert [results[t].status for t in ids] == ["SUCCESS"] * 6
     assert echo.stats()["predict_requests"] == 6, "a task ran more or less than exactly once"

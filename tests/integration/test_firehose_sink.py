@@ -19,6 +19,7 @@ from forwarder.config.hooks import LoggingSettings
 from forwarder.devtools.localrun import HOST, free_port
 from forwarder.hooks.aws import assume_role_firehose_client
 from forwarder.hooks.sinks.firehose import FirehoseSink
+from support.aws import MotoServer
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/forwarder-logging"
 
 
 @pytest.fixture
-def moto_env(moto_here: Any) -> Any:
+def moto_env(moto_here: MotoServer) -> MotoServer:
     """This process's AWS clients pointed at moto; the bucket and the delivery stream made."""
     moto = moto_here
     moto.firehose_to_s3(STREAM, BUCKET)
@@ -62,7 +63,7 @@ def task_ids(records: list[dict[str, Any]]) -> Counter[str]:
     return Counter(r["RESPONSE_BODY"]["task_id"] for r in records)
 
 
-def test_every_record_arrives_once_in_few_calls(moto_env: Any) -> None:
+def test_every_record_arrives_once_in_few_calls(moto_env: MotoServer) -> None:
     count = 1000
     sink = FirehoseSink(settings(), max_pool_connections=4)
     times = []
@@ -90,7 +91,7 @@ def test_every_record_arrives_once_in_few_calls(moto_env: Any) -> None:
     )
 
 
-def test_short_credentials_are_assumed_once_per_lifetime(moto_env: Any) -> None:
+def test_short_credentials_are_assumed_once_per_lifetime(moto_env: MotoServer) -> None:
     lifetime, leeway = 2, 0.25
     sink = FirehoseSink(
         settings(
@@ -120,7 +121,7 @@ def test_short_credentials_are_assumed_once_per_lifetime(moto_env: Any) -> None:
 
 
 def test_a_failed_rebuild_keeps_serving_and_the_next_succeeds(
-    moto_env: Any, monkeypatch: pytest.MonkeyPatch
+    moto_env: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = settings(session_duration_seconds=2, refresh_leeway_seconds=1.5)
     built: list[Any] = []
@@ -157,7 +158,7 @@ def test_a_failed_rebuild_keeps_serving_and_the_next_succeeds(
 
 
 def test_firehose_down_drops_and_counts_without_raising(
-    moto_env: Any, monkeypatch: pytest.MonkeyPatch
+    moto_env: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{HOST}:{free_port()}")
     count = 600  # a full batch sent from put(), the rest on close()

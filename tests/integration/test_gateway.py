@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,6 +31,10 @@ from forwarder.client.gateway import GatewayClient
 from forwarder.devtools.localrun import free_port
 from forwarder.errors import ClientError, GatewayError
 from forwarder.protocol import LIRA_TASK_NAME
+from support.echo import EchoServer
+from support.env import base_env
+from support.processes import Processes
+from support.workers import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -112,16 +115,16 @@ class Stack:
 class Stacks:
     a: Stack
     b: Stack
-    echo: Any
+    echo: EchoServer
     redis_url: str
-    workers: dict[str, Any]
+    workers: dict[str, Worker]
 
     def model_calls(self) -> int:
         return int(self.echo.stats()["predict_requests"])
 
 
 @pytest.fixture(scope="module")
-def stacks(module_procs: Any, module_redis_url: str) -> Iterator[Stacks]:
+def stacks(module_procs: Processes, module_redis_url: str) -> Iterator[Stacks]:
     echo = module_procs.echo()
     workers = {
         pool: module_procs.worker(
@@ -325,7 +328,7 @@ def test_limits_and_auth_on_the_real_gateway(stacks: Stacks) -> None:
     assert http.get(f"{url}/x", auth=(TOKEN, ""), timeout=10).status_code == 200
 
 
-def test_health_readiness_and_the_openapi_document(stacks: Stacks, procs: Any) -> None:
+def test_health_readiness_and_the_openapi_document(stacks: Stacks, procs: Processes) -> None:
     http = stacks.a.http
     assert http.get(f"{stacks.a.url}/healthz", timeout=10).json() == {"status": "ok"}
     assert http.get(f"{stacks.a.url}/readyz", timeout=10).json() == {"status": "ready"}
@@ -342,7 +345,7 @@ def test_health_readiness_and_the_openapi_document(stacks: Stacks, procs: Any) -
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error(
-    procs: Any, module_redis_url: str, tmp_path: Path
+    procs: Processes, module_redis_url: str, tmp_path: Path
 ) -> None:
     # A gateway of its own, on a queue no worker consumes: what is checked is the gateway's
     # answers to generated requests, and a queue left full touches no other test.
@@ -417,10 +420,8 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def test_the_cli_through_the_gateway_and_straight_to_the_broker(
-    stacks: Stacks, helpers: SimpleNamespace
-) -> None:
-    env = helpers.base_env(FORWARDER_GATEWAY_URL=stacks.a.url, FORWARDER_GATEWAY_TOKEN=TOKEN)
+def test_the_cli_through_the_gateway_and_straight_to_the_broker(stacks: Stacks) -> None:
+    env = base_env(FORWARDER_GATEWAY_URL=stacks.a.url, FORWARDER_GATEWAY_TOKEN=TOKEN)
     waited = _cli("submit", '{"args": {"cli": 1}}', "--wait", "20", "--timeout", "10", env=env)
     assert waited.returncode == 0, waited.stderr
     result = json.loads(waited.stdout)
@@ -441,7 +442,7 @@ def test_the_cli_through_the_gateway_and_straight_to_the_broker(
     assert refused.returncode == 1 and "401" in refused.stderr
 
     broker = ["--broker-url", stacks.redis_url, "--queue", "gw-prefork"]
-    plain_env = helpers.base_env()
+    plain_env = base_env()
     direct = [
         _cli("submit", '{"args": {"cli": 3}}', *broker, "--idempotency-key", key, env=plain_env)
         for _ in "ab"

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +20,7 @@ from forwarder.client.idempotency import (
     S3Store,
     scoped_key,
 )
+from support.aws import MotoServer
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def store(
     if request.param == "redis":
         made = RedisStore(request.getfixturevalue("redis_url"))
     elif request.param == "s3":
-        moto: Any = request.getfixturevalue("moto_here")
+        moto: MotoServer = request.getfixturevalue("moto_here")
         moto.client("s3").create_bucket(Bucket=BUCKET)
         made = S3Store(f"s3://{BUCKET}/results")
     else:

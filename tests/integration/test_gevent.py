@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from forwarder.client.broker import ForwarderClient
+from support.processes import Processes
+from support.waiting import wait_for, wait_one
+from support.workers import Worker
+
 pytestmark = [pytest.mark.integration]
 
 
-def _run_batch(client: Any, worker: Any, count: int, delay: float) -> tuple[float, set[int]]:
+def _run_batch(
+    client: ForwarderClient, worker: Worker, count: int, delay: float
+) -> tuple[float, set[int]]:
     """Submit ``count`` tasks of ``delay`` seconds; wait for all; return (seconds, child pids)."""
     started = time.monotonic()
     ids = [client.submit({"args": {"n": n, "delay": delay}}) for n in range(count)]
@@ -37,15 +43,13 @@ def _run_batch(client: Any, worker: Any, count: int, delay: float) -> tuple[floa
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_gevent_runs_16_tasks_at_once_in_one_process(
-    procs: Any, redis_url: str, helpers: SimpleNamespace
-) -> None:
+def test_gevent_runs_16_tasks_at_once_in_one_process(procs: Processes, redis_url: str) -> None:
     echo = procs.echo()
     worker = procs.worker(
         model_port=echo.port, pool="gevent", queue="gevent16", broker_url=redis_url, concurrency=16
     )
     client = procs.client(broker_url=redis_url, queue="gevent16")
-    warm_up = helpers.wait_one(client, client.submit({"args": {"warm": "up"}}))
+    warm_up = wait_one(client, client.submit({"args": {"warm": "up"}}))
     assert warm_up.status == "SUCCESS", warm_up
 
     elapsed, children = _run_batch(client, worker, 32, 0.5)
@@ -68,7 +72,7 @@ def test_gevent_runs_16_tasks_at_once_in_one_process(
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_a_saturated_gevent_worker_waits_without_spending_cpu(
-    procs: Any, redis_url: str, helpers: SimpleNamespace
+    procs: Processes, redis_url: str
 ) -> None:
     psutil = pytest.importorskip("psutil")
     echo = procs.echo()
@@ -77,9 +81,7 @@ def test_a_saturated_gevent_worker_waits_without_spending_cpu(
     )
     client = procs.client(broker_url=redis_url, queue="saturated")
     ids = [client.submit({"args": {"n": n, "delay": 6}}) for n in range(8)]
-    helpers.wait_for(
-        lambda: echo.stats()["in_flight"] == 4, 10, lambda: f"not saturated: {echo.stats()}"
-    )
+    wait_for(lambda: echo.stats()["in_flight"] == 4, 10, lambda: f"not saturated: {echo.stats()}")
     process = psutil.Process(worker.pid)
     before = sum(process.cpu_times()[:2])
     time.sleep(2.0)

@@ -14,6 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from forwarder.devtools.localrun import HOST, free_port
+from support.callbacks import CallbackReceiver
+from support.processes import Processes
+from support.waiting import wait_all, wait_for
+
 pytestmark = [pytest.mark.integration]
 
 POOLS = ["prefork", "gevent"]
@@ -45,11 +50,10 @@ def hook_summary(log: str, hook: str) -> dict[str, int]:
 @pytest.mark.parametrize("pool", POOLS)
 def test_hooks_run_after_every_final_state(
     pool: str,
-    procs: Any,
+    procs: Processes,
     redis_url: str,
-    callback_receiver: Any,
+    callback_receiver: CallbackReceiver,
     tmp_path: Path,
-    helpers: Any,
 ) -> None:
     records = tmp_path / "records.jsonl"
     config = write_config(
@@ -70,7 +74,7 @@ def test_hooks_run_after_every_final_state(
     own_url = client.submit({"args": {"n": 6}, "callback_url": callback_receiver.url("/own")})
     bad = client.submit([1, 2, 3])  # not a JSON object: that task fails, its hooks still run
     task_ids = [*good, own_url, bad]
-    results = helpers.wait_all(client, task_ids, timeout=30)
+    results = wait_all(client, task_ids, timeout=30)
 
     assert {t: results[t].status for t in task_ids} == {
         **dict.fromkeys([*good, own_url], "SUCCESS"),
@@ -78,7 +82,7 @@ def test_hooks_run_after_every_final_state(
     }
     assert results[good[3]].result == {"result": json.dumps({"n": 3}), "status_code": 200}
 
-    helpers.wait_for(
+    wait_for(
         lambda: len(callback_receiver.received) >= len(task_ids),
         10,
         lambda: f"callbacks: {len(callback_receiver.received)} of {len(task_ids)}",
@@ -116,14 +120,14 @@ def test_hooks_run_after_every_final_state(
 
 @pytest.mark.parametrize("pool", POOLS)
 def test_a_down_callback_receiver_is_counted_and_changes_no_result(
-    pool: str, procs: Any, redis_url: str, tmp_path: Path, helpers: Any
+    pool: str, procs: Processes, redis_url: str, tmp_path: Path
 ) -> None:
     config = write_config(
         tmp_path / "hooks.yaml",
         {
             "hooks": ["callback", "logging"],
             "callback": {
-                "default_url": f"http://{helpers.HOST}:{helpers.free_port()}/down",
+                "default_url": f"http://{HOST}:{free_port()}/down",
                 "max_attempts": 2,
                 "backoff_seconds": 0.05,
                 "backoff_max_seconds": 0.05,
@@ -138,7 +142,7 @@ def test_a_down_callback_receiver_is_counted_and_changes_no_result(
     )
     client = procs.client(broker_url=redis_url, queue="inference")
     task_ids = [client.submit({"args": {"n": n}}) for n in range(5)]
-    results = helpers.wait_all(client, task_ids, timeout=30)
+    results = wait_all(client, task_ids, timeout=30)
     assert {r.status for r in results.values()} == {"SUCCESS"}
     assert results[task_ids[2]].result == {"result": json.dumps({"n": 2}), "status_code": 200}
 

@@ -17,6 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
+from forwarder.devtools.localrun import HOST, free_port
+from support.aws import MotoServer
+from support.processes import Processes
+from support.waiting import wait_all
+
 pytestmark = [pytest.mark.integration]
 
 STREAM = "inference-records"
@@ -45,7 +50,7 @@ def logging_config(path: Path, **logging: Any) -> list[str]:
 
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
 def test_every_task_has_its_record_in_the_bucket(
-    pool: str, procs: Any, redis_url: str, moto: Any, tmp_path: Path, helpers: Any
+    pool: str, procs: Processes, redis_url: str, moto: MotoServer, tmp_path: Path
 ) -> None:
     moto.firehose_to_s3(STREAM, BUCKET)
     echo = procs.echo()
@@ -60,7 +65,7 @@ def test_every_task_has_its_record_in_the_bucket(
     client = procs.client(broker_url=redis_url, queue="inference")
     good = [client.submit({"args": {"n": n}}) for n in range(30)]
     bad = client.submit("not an object")
-    results = helpers.wait_all(client, [*good, bad], timeout=30)
+    results = wait_all(client, [*good, bad], timeout=30)
     assert [results[t].status for t in good] == ["SUCCESS"] * len(good)
     assert results[bad].status == "FAILURE"
 
@@ -90,7 +95,7 @@ def test_every_task_has_its_record_in_the_bucket(
 
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
 def test_assume_role_once_per_credential_lifetime_per_process(
-    pool: str, procs: Any, redis_url: str, moto: Any, tmp_path: Path, helpers: Any
+    pool: str, procs: Processes, redis_url: str, moto: MotoServer, tmp_path: Path
 ) -> None:
     moto.firehose_to_s3(STREAM, BUCKET)
     duration, leeway = 3, 1  # a client lives 2 s
@@ -113,7 +118,7 @@ def test_assume_role_once_per_credential_lifetime_per_process(
     started = time.monotonic()
     while time.monotonic() - started < 5.0:
         batch = [client.submit({"args": {"n": len(task_ids) + i}}) for i in range(10)]
-        helpers.wait_all(client, batch, timeout=30)
+        wait_all(client, batch, timeout=30)
         task_ids += batch
     elapsed = time.monotonic() - started
     assert worker.stop() == 0
@@ -130,9 +135,9 @@ def test_assume_role_once_per_credential_lifetime_per_process(
 
 
 def test_firehose_down_changes_no_result_and_is_counted(
-    procs: Any, redis_url: str, moto: Any, tmp_path: Path, helpers: Any
+    procs: Processes, redis_url: str, moto: MotoServer, tmp_path: Path
 ) -> None:
-    down = f"http://{helpers.HOST}:{helpers.free_port()}"
+    down = f"http://{HOST}:{free_port()}"
     echo = procs.echo()
     worker = procs.worker(
         model_port=echo.port,
@@ -144,7 +149,7 @@ def test_firehose_down_changes_no_result_and_is_counted(
     )
     client = procs.client(broker_url=redis_url, queue="inference")
     task_ids = [client.submit({"args": {"n": n}}) for n in range(10)]
-    results = helpers.wait_all(client, task_ids, timeout=30)
+    results = wait_all(client, task_ids, timeout=30)
     assert {r.status for r in results.values()} == {"SUCCESS"}
     assert results[task_ids[4]].result == {"result": json.dumps({"n": 4}), "status_code": 200}
 

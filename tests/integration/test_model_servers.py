@@ -12,12 +12,14 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from forwarder.devtools.localrun import Child
+from support.processes import Processes
+from support.redis_server import stored_meta
+from support.waiting import wait_one
 
 pytestmark = [pytest.mark.integration]
 
@@ -67,29 +69,29 @@ def _v2_request(name: str, data: list[float]) -> dict[str, Any]:
 
 @pytest.mark.timeout(90)
 def test_a_v2_server_a_plain_text_500_and_an_unloaded_model(
-    procs: Any, redis_url: str, model_server: Callable[..., ModelServer], helpers: SimpleNamespace
+    procs: Processes, redis_url: str, model_server: Callable[..., ModelServer]
 ) -> None:
     server = model_server()
     procs.worker(model_port=server.port, queue="v2", broker_url=redis_url, sets=V2_ROUTES)
     client = procs.client(broker_url=redis_url, queue="v2")
 
-    first = helpers.wait_one(client, client.submit(_v2_request("x", [1.0, 2.5])))
+    first = wait_one(client, client.submit(_v2_request("x", [1.0, 2.5])))
     assert first.status == "SUCCESS", first
     assert first.result["status_code"] == 200
     assert json.loads(first.result["result"])["outputs"][0]["data"] == [2.0, 5.0]
 
-    crashed = helpers.wait_one(client, client.submit(_v2_request("crash", [1.0])))
+    crashed = wait_one(client, client.submit(_v2_request("crash", [1.0])))
     assert crashed.status == "FAILURE", crashed
     assert "replied HTTP 500 with a body that is not JSON" in crashed.error
     assert "text/plain" in crashed.error and "'Internal Server Error'" in crashed.error
-    meta = helpers.stored_meta(redis_url, crashed.task_id)
+    meta = stored_meta(redis_url, crashed.task_id)
     assert meta["result"]["exc_type"] == "ModelResponseError", meta
 
     # The worker goes on; once the model is unloaded its replies are the server's JSON 404.
-    after = helpers.wait_one(client, client.submit(_v2_request("x", [3.0])))
+    after = wait_one(client, client.submit(_v2_request("x", [3.0])))
     assert after.status == "SUCCESS", after
     assert server.post(f"/v2/repository/models/{MODEL}/unload") == 200
-    unloaded = helpers.wait_one(client, client.submit(_v2_request("x", [3.0])))
+    unloaded = wait_one(client, client.submit(_v2_request("x", [3.0])))
     assert unloaded.status == "SUCCESS", unloaded
     assert unloaded.result["status_code"] == 404
     assert json.loads(unloaded.result["result"]) == {"error": f"Model {MODEL} not found"}
@@ -97,7 +99,7 @@ def test_a_v2_server_a_plain_text_500_and_an_unloaded_model(
 
 @pytest.mark.timeout(90)
 def test_a_model_never_ready_stops_the_worker_with_status_1_though_the_server_is_ready(
-    procs: Any, redis_url: str, model_server: Callable[..., ModelServer]
+    procs: Processes, redis_url: str, model_server: Callable[..., ModelServer]
 ) -> None:
     server = model_server("--unloaded")
     worker = procs.worker(
@@ -137,16 +139,15 @@ def test_openai_compatible_routes(
     route: str,
     args: dict[str, Any],
     text: str,
-    procs: Any,
+    procs: Processes,
     redis_url: str,
     model_server: Callable[..., ModelServer],
-    helpers: SimpleNamespace,
 ) -> None:
     server = model_server()
     sets = [f"forwarder.async.predict_route={route}", "forwarder.async.healthcheck_route=/health"]
     procs.worker(model_port=server.port, queue="openai", broker_url=redis_url, sets=sets)
     client = procs.client(broker_url=redis_url, queue="openai")
-    done = helpers.wait_one(client, client.submit({"args": {"model": MODEL, **args}}))
+    done = wait_one(client, client.submit({"args": {"model": MODEL, **args}}))
     assert done.status == "SUCCESS", done
     (choice,) = json.loads(done.result["result"])["choices"]
     assert choice.get("text", choice.get("message", {}).get("content")) == text

@@ -12,10 +12,14 @@ import re
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+
+from forwarder.devtools.localrun import HOST, free_port
+from support.callbacks import CallbackReceiver
+from support.processes import Processes
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -48,9 +52,9 @@ def hooks_config(path: Path, callback_url: str, records: Path) -> list[str]:
 
 @pytest.mark.parametrize("pool", ["prefork", "gevent"])
 def test_metrics_count_a_known_mix_and_logs_name_every_task(
-    pool: str, procs: Any, redis_url: str, tmp_path: Path, helpers: Any
+    pool: str, procs: Processes, redis_url: str, tmp_path: Path
 ) -> None:
-    down = f"http://{helpers.HOST}:{helpers.free_port()}/callback"
+    down = f"http://{HOST}:{free_port()}/callback"
     client = procs.client(broker_url=redis_url, queue="inference")
     good = [client.submit({"args": {"n": n}}) for n in range(6)]
     good.append(
@@ -70,7 +74,7 @@ def test_metrics_count_a_known_mix_and_logs_name_every_task(
     task_ids = [*good, *bad, expired, canceled]
 
     echo = procs.echo()
-    metrics_port = helpers.free_port()
+    metrics_port = free_port()
     worker = procs.worker(
         model_port=echo.port,
         pool=pool,
@@ -108,7 +112,7 @@ def test_metrics_count_a_known_mix_and_logs_name_every_task(
         last = scrape(metrics_port)
         return all(last.get(name) == value for name, value in expected.items())
 
-    helpers.wait_for(counted, 15, lambda: f"{ {n: last.get(n) for n in expected} } != {expected}")
+    wait_for(counted, 15, lambda: f"{ {n: last.get(n) for n in expected} } != {expected}")
     assert "forwarder_hook_successes_total" not in str(
         {k: v for k, v in last.items() if 'hook="callback"' in k and v}
     )
@@ -133,7 +137,7 @@ def test_metrics_count_a_known_mix_and_logs_name_every_task(
 
 
 def test_trace_context_reaches_the_model_server_and_the_callback(
-    procs: Any, redis_url: str, callback_receiver: Any, tmp_path: Path, helpers: Any
+    procs: Processes, redis_url: str, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     echo = procs.echo()
     procs.worker(
@@ -154,7 +158,7 @@ def test_trace_context_reaches_the_model_server_and_the_callback(
     ).id
     assert client.wait(traced, timeout=15).status == "SUCCESS"
     assert echo.stats()["last_traceparent"] == TRACEPARENT
-    helpers.wait_for(lambda: callback_receiver.received, 10, "no callback")
+    wait_for(lambda: callback_receiver.received, 10, "no callback")
     headers = {k.lower(): v for k, v in callback_receiver.received[0].headers.items()}
     assert (headers["traceparent"], headers["tracestate"]) == (TRACEPARENT, "vendor=1")
 

@@ -18,14 +18,21 @@ import pytest
 import redis
 import yaml
 
+from forwarder.client.broker import ForwarderClient
 from forwarder.protocol import LIRA_TASK_NAME
+from support.aws import MotoServer
+from support.callbacks import CallbackReceiver
+from support.echo import EchoServer
+from support.processes import Processes
+from support.redis_server import stored_meta
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
 POOLS = ["prefork", "gevent"]
 
 
-def hooks_config(tmp_path: Path, receiver: Any) -> list[str]:
+def hooks_config(tmp_path: Path, receiver: CallbackReceiver) -> list[str]:
     path = tmp_path / "hooks.yaml"
     path.write_text(
         yaml.safe_dump({"hooks": ["callback"], "callback": {"default_url": receiver.url()}})
@@ -39,17 +46,17 @@ def unacked(redis_url: str) -> int:
         return int(conn.hlen("unacked"))
 
 
-def wait_started(client: Any, echo: Any, task_id: str, helpers: Any) -> None:
-    helpers.wait_for(
+def wait_started(client: ForwarderClient, echo: EchoServer, task_id: str) -> None:
+    wait_for(
         lambda: client.get(task_id).status == "STARTED" and echo.stats()["in_flight"] == 1,
         10,
         lambda: f"{task_id} not running: {client.get(task_id)}, {echo.stats()}",
     )
 
 
-def callbacks(receiver: Any, count: int, helpers: Any) -> dict[str, Any]:
+def callbacks(receiver: CallbackReceiver, count: int) -> dict[str, Any]:
     """The callback bodies by task id, once ``count`` have come; fails if any came twice."""
-    helpers.wait_for(
+    wait_for(
         lambda: len(receiver.received) >= count,
         10,
         lambda: f"{len(receiver.received)} of {count} callbacks",
@@ -60,7 +67,7 @@ def callbacks(receiver: Any, count: int, helpers: Any) -> dict[str, Any]:
     return {body["task_id"]: body for body in bodies}
 
 
-def closed_by_the_worker(echo: Any) -> bool:
+def closed_by_the_worker(echo: EchoServer) -> bool:
     """The echo server holds a connection its peer has closed: an abandoned model call."""
     connections = psutil.Process(echo.child.pid).net_connections(kind="tcp")
     return any(c.status == psutil.CONN_CLOSE_WAIT for c in connections)
@@ -69,7 +76,7 @@ def closed_by_the_worker(echo: Any) -> bool:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("pool", POOLS)
 def test_a_model_call_past_its_deadline_ends_timeout_and_the_worker_goes_on(
-    pool: str, procs: Any, redis_url: str, helpers: Any
+    pool: str, procs: Processes, redis_url: str
 ) -> None:
     echo = procs.echo()
     worker = procs.worker(model_port=echo.port, pool=pool, queue="deadline", broker_url=redis_url)
@@ -85,10 +92,10 @@ def test_a_model_call_past_its_deadline_ends_timeout_and_the_worker_goes_on(
     assert timed_out.error == (
         "the model call took longer than its timeout_seconds=0.5; the call was abandoned"
     )
-    meta = helpers.stored_meta(redis_url, slow)
+    meta = stored_meta(redis_url, slow)
     assert meta["result"]["exc_type"] == "TaskDeadlineExceeded"
     assert json.loads(meta["result"]["custom"])["error"] == timed_out.error
-    helpers.wait_for(lambda: closed_by_the_worker(echo), 5, "the worker kept the connection")
+    wait_for(lambda: closed_by_the_worker(echo), 5, "the worker kept the connection")
 
     # A deadline that does not pass changes nothing, and leaves nothing armed behind it.
     quick = client.submit({"args": {"n": 1}}, timeout_seconds=0.3)
@@ -114,7 +121,7 @@ def test_a_model_call_past_its_deadline_ends_timeout_and_the_worker_goes_on(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("pool", POOLS)
 def test_cancel_a_queued_and_a_running_task(
-    pool: str, procs: Any, redis_url: str, callback_receiver: Any, tmp_path: Path, helpers: Any
+    pool: str, procs: Processes, redis_url: str, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     echo = procs.echo()
     procs.worker(
@@ -126,7 +133,7 @@ def test_cancel_a_queued_and_a_running_task(
     )
     client = procs.client(broker_url=redis_url, queue="cancel")
     running = client.submit({"args": {"delay": 5}})
-    wait_started(client, echo, running, helpers)
+    wait_started(client, echo, running)
     queued = client.submit({"args": {"n": "queued"}})
 
     first = client.cancel(queued)
@@ -142,7 +149,7 @@ def test_cancel_a_queued_and_a_running_task(
     assert ended.error == "canceled during its model call; the call was abandoned"
     assert elapsed < 1.5, f"CANCELED {elapsed:.2f} s after the cancel"
     assert client.cancel(running) == ended
-    helpers.wait_for(lambda: closed_by_the_worker(echo), 5, "the worker kept the connection")
+    wait_for(lambda: closed_by_the_worker(echo), 5, "the worker kept the connection")
 
     # The slot is free again: the canceled queued task is taken and dropped, the next one runs.
     following = client.submit({"args": {"n": "next"}})
@@ -153,7 +160,7 @@ def test_cancel_a_queued_and_a_running_task(
 
     assert echo.stats()["predict_requests"] == 2, "the canceled queued task reached the model"
     assert unacked(redis_url) == 0
-    bodies = callbacks(callback_receiver, 3, helpers)
+    bodies = callbacks(callback_receiver, 3)
     assert bodies[queued] == {
         "task_id": queued,
         "status": "CANCELED",
@@ -166,7 +173,7 @@ def test_cancel_a_queued_and_a_running_task(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("pool", POOLS)
 def test_a_task_that_waited_past_its_ttl_expires_unforwarded(
-    pool: str, procs: Any, redis_url: str, callback_receiver: Any, tmp_path: Path, helpers: Any
+    pool: str, procs: Processes, redis_url: str, callback_receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     echo = procs.echo()
     procs.worker(
@@ -178,7 +185,7 @@ def test_a_task_that_waited_past_its_ttl_expires_unforwarded(
     )
     client = procs.client(broker_url=redis_url, queue="ttl")
     busy = client.submit({"args": {"delay": 1.5}})
-    wait_started(client, echo, busy, helpers)
+    wait_started(client, echo, busy)
     stale = client.submit({"args": {"n": "stale"}}, ttl_seconds=0.5)
     fresh = client.submit({"args": {"n": "fresh"}}, ttl_seconds=30)
 
@@ -190,7 +197,7 @@ def test_a_task_that_waited_past_its_ttl_expires_unforwarded(
     assert error.endswith("longer than its ttl_seconds=0.5; not forwarded to the model server")
     assert echo.stats()["predict_requests"] == 2, "the expired task reached the model server"
     assert unacked(redis_url) == 0
-    assert callbacks(callback_receiver, 3, helpers)[stale] == {
+    assert callbacks(callback_receiver, 3)[stale] == {
         "task_id": stale,
         "status": "EXPIRED",
         "error": f"TaskExpired: {error}",
@@ -198,13 +205,13 @@ def test_a_task_that_waited_past_its_ttl_expires_unforwarded(
 
 
 @pytest.mark.timeout(60)
-def test_ttl_and_cancel_on_the_embedded_broker(procs: Any, tmp_path: Path, helpers: Any) -> None:
+def test_ttl_and_cancel_on_the_embedded_broker(procs: Processes, tmp_path: Path) -> None:
     echo = procs.echo()
     data_dir = tmp_path / "data"
     procs.worker(model_port=echo.port, queue="embedded", data_dir=data_dir)
     client = procs.client(data_dir=data_dir, queue="embedded")
     busy = client.submit({"args": {"delay": 1.5}})
-    wait_started(client, echo, busy, helpers)
+    wait_started(client, echo, busy)
     stale = client.submit({"args": {"n": "stale"}}, ttl_seconds=0.3)
     queued = client.submit({"args": {"n": "queued"}})
     assert client.cancel(queued).status == "CANCELED"
@@ -212,7 +219,7 @@ def test_ttl_and_cancel_on_the_embedded_broker(procs: Any, tmp_path: Path, helpe
 
     assert client.wait(busy, timeout=10).status == "SUCCESS"
     assert client.wait(stale, timeout=10).status == "EXPIRED"
-    wait_started(client, echo, slow, helpers)
+    wait_started(client, echo, slow)
     assert client.get(queued).status == "CANCELED"
     client.cancel(slow)
     assert client.wait(slow, timeout=5).status == "CANCELED"
@@ -226,7 +233,7 @@ def test_ttl_and_cancel_on_the_embedded_broker(procs: Any, tmp_path: Path, helpe
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pool", POOLS)
 def test_ttl_deadline_and_cancel_on_sqs_with_s3_results(
-    pool: str, moto_here: Any, procs: Any, helpers: Any
+    pool: str, moto_here: MotoServer, procs: Processes
 ) -> None:
     moto = moto_here
     queue_url = moto.client("sqs").create_queue(QueueName="limits")["QueueUrl"]
@@ -243,7 +250,7 @@ def test_ttl_deadline_and_cancel_on_sqs_with_s3_results(
     client = procs.client(queue="limits", extra_flags=flags)
 
     busy = client.submit({"args": {"delay": 3}}, timeout_seconds=1.5)
-    wait_started(client, echo, busy, helpers)
+    wait_started(client, echo, busy)
     stale = client.submit({"args": {"n": "stale"}}, ttl_seconds=0.3)
     queued = client.submit({"args": {"n": "queued"}})
     time.sleep(0.4)
@@ -254,7 +261,7 @@ def test_ttl_deadline_and_cancel_on_sqs_with_s3_results(
     assert client.wait(stale, timeout=10).status == "EXPIRED"
 
     running = client.submit({"args": {"delay": 5}})
-    wait_started(client, echo, running, helpers)
+    wait_started(client, echo, running)
     client.cancel(running)
     assert client.wait(running, timeout=5).status == "CANCELED"
     final = client.submit({"args": {"n": "final"}})

@@ -1,47 +1,25 @@
-"""The fault suite's fixtures: the integration suite's, loaded from its conftest, plus counting.
+"""The fault suite's bookkeeping: tasks submitted, results stored, model calls duplicated, tasks lost.
 
-``tests/integration/conftest.py`` is loaded as a module of its own (the tests use
-``--import-mode=importlib`` and have no packages) and its fixtures are re-exported here, so a
-fault test starts the same real processes (redis-server, echo model server, workers, moto) on
-127.0.0.1 with the same bounded waits. What is added is the bookkeeping every fault case reports:
-tasks submitted, results stored, duplicated model calls and tasks lost.
+``FORWARDER_FAULTS_TASKS`` scales each case's task count for a full run;
+``FORWARDER_FAULTS_REPORT=FILE`` appends each case's counts to FILE (docs/reliability.md).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
-_INTEGRATION = Path(__file__).resolve().parent.parent / "integration" / "conftest.py"
-_spec = importlib.util.spec_from_file_location(
-    "forwarder_faults_integration_conftest", _INTEGRATION
-)
-assert _spec is not None and _spec.loader is not None
-integration = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = integration
-_spec.loader.exec_module(integration)
+from forwarder.client.broker import ForwarderClient
+from support.waiting import FINAL_STATES
 
-# Re-exported: pytest collects fixtures from this module's namespace.
-procs = integration.procs
-redis_server = integration.redis_server
-redis_url = integration.redis_url
-callback_receiver = integration.callback_receiver
-moto_server = integration.moto_server
-moto = integration.moto
-moto_here = integration.moto_here
-helpers = integration.helpers
+__all__ = ["REPORT_PATH", "Tally", "scaled", "submit_all"]
 
-FINAL_STATES = integration.FINAL_STATES
 REPORT_PATH = os.environ.get("FORWARDER_FAULTS_REPORT")
 
 
@@ -120,14 +98,7 @@ class Tally:
                 out.write(self.line() + "\n")
 
 
-def submit_all(client: Any, tally: Tally, payloads: Sequence[Any]) -> None:
+def submit_all(client: ForwarderClient, tally: Tally, payloads: Sequence[Any]) -> None:
+    """Submit each payload, counting it in ``tally``."""
     for payload in payloads:
         tally.submitted.append(client.submit(payload))
-
-
-@pytest.fixture(scope="session")
-def faults() -> Any:
-    """The counting helpers above, for test modules (which do not import conftest)."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(Tally=Tally, scaled=scaled, submit_all=submit_all)
