@@ -141,6 +141,8 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
     if config.kind == "redis" and config.broker_url.startswith("redis://"):
         # Not for rediss://: kombu turns TLS on from the URL's scheme name only.
         app.conf.broker_transport = "forwarder.celery_ext.redis_transport:Transport"
+    elif config.kind == "embedded":
+        app.conf.broker_transport = "forwarder.celery_ext.filesystem_transport:Transport"
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

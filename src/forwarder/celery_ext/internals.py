@@ -87,6 +87,18 @@ INTERNALS: tuple[Internal, ...] = (
         on_instance=True,
     ),
     Internal(
+        "kombu.transport.filesystem:Channel",
+        "_put",
+        "filesystem_transport overrides it: a message is written aside and renamed into place",
+        ("self", "queue", "payload", "kwargs"),
+    ),
+    Internal(
+        "kombu.transport.filesystem:Channel",
+        "_get",
+        "filesystem_transport overrides it: a message is read only once it is there whole",
+        ("self", "queue"),
+    ),
+    Internal(
         "kombu.transport.redis:Channel",
         "_create_client",
         "redis_transport overrides it: one redis client per connection pool, not per message",
