@@ -436,8 +436,9 @@ def test_gevent_greenlets_call_at_once(
     )
     assert done.returncode == 0, done.stderr
     elapsed = float(done.stdout)
-    # Eight calls of 0.5 s each take 4 s one after another.
-    assert elapsed < 1.8, f"8 callbacks took {elapsed:.2f} s in 8 greenlets"
+    # Eight calls of 0.5 s each take 4 s one after another; at once, 0.5 s plus TLS handshakes
+    # (slow on a loaded machine).
+    assert elapsed < 3.0, f"8 callbacks took {elapsed:.2f} s in 8 greenlets"
     assert sorted(json.loads(r.body)["task_id"] for r in receiver.received) == [
         f"g{n}" for n in range(8)
     ]
