@@ -38,16 +38,9 @@ from forwarder.hooks.signing import signature_headers, signing_key
 from forwarder.hooks.url_policy import CheckedUrl, UrlPolicy
 from forwarder.process_local import ProcessLocal
 
-__all__ = ["CallbackHook", "checked_url", "url_policy"]
+__all__ = ["CallbackHook", "checked_url"]
 
 log = logging.getLogger(__name__)
-
-
-def url_policy(settings: CallbackSettings) -> UrlPolicy:
-    """The URL rules ``settings`` give: what the hook calls, and what the gateway accepts."""
-    return UrlPolicy.from_settings(
-        settings.allowed_hosts, settings.allow_private_networks, settings.default_url
-    )
 
 
 def checked_url(value: object, policy: UrlPolicy | None = None) -> CheckedUrl:
@@ -74,7 +67,7 @@ class CallbackHook(Hook):
         self._signing_key = (
             signing_key(settings.signing_secret) if settings.signing_secret else None
         )
-        self.policy = url_policy(settings)
+        self.policy = UrlPolicy.from_settings(settings)
         self._sleep = sleep
         # Sockets and certificate files inherited through fork are the parent's: a child starts
         # afresh, and leaves theirs alone.

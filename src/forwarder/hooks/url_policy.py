@@ -24,13 +24,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import requests
 from urllib3.util import parse_url
 
+from forwarder.config.hooks import CallbackSettings
 from forwarder.errors import CallbackRefused
 
 __all__ = ["ALWAYS_REFUSED", "METADATA_NAMES", "CheckedUrl", "HostRules", "UrlPolicy"]
@@ -157,16 +158,14 @@ class UrlPolicy:
     allow_private_networks: bool = False
 
     @classmethod
-    def from_settings(
-        cls,
-        allowed_hosts: Sequence[str],
-        allow_private_networks: bool,
-        default_url: str | None = None,
-    ) -> UrlPolicy:
+    def from_settings(cls, settings: CallbackSettings) -> UrlPolicy:
+        """The rules the ``callback`` settings give, the default URL's host trusted."""
         trusted = HostRules()
-        if default_url:
-            trusted = HostRules.parse([parse_url(default_url).host or ""])
-        return cls(HostRules.parse(allowed_hosts), trusted, allow_private_networks)
+        if settings.default_url:
+            trusted = HostRules.parse([parse_url(settings.default_url).host or ""])
+        return cls(
+            HostRules.parse(settings.allowed_hosts), trusted, settings.allow_private_networks
+        )
 
     def check(self, url: object) -> CheckedUrl:
         """The URL as the client reads it, or ``CallbackRefused`` saying why it is not called."""
