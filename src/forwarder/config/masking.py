@@ -64,7 +64,7 @@ def _masked_query(url: str) -> str:
     head, mark, query = url.partition("?")
     if not mark:
         return url
-    query, hash_mark, fragment = query.partition("#")
+    query, hash_mark, _ = query.partition("#")
     pairs = (pair.partition("=") for pair in query.split("&"))
     shown = "&".join(name + (f"={MASK}" if sep else "") for name, sep, _ in pairs)
     return f"{head}?{shown}" + (f"#{MASK}" if hash_mark else "")
