@@ -7,6 +7,7 @@ real hook and its real HTTP client; the last tests run a real worker and a real 
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import socket
 from collections.abc import Iterator
@@ -118,17 +119,17 @@ def nothing_connected(sock: socket.socket) -> bool:
 @pytest.mark.parametrize(
     ("template", "reason"),
     [
-        ("http://169.254.169.254/latest/meta-data/", "metadata"),
-        ("http://[fd00:ec2::254]/latest/meta-data/", "metadata"),
-        ("http://metadata.google.internal/computeMetadata/v1/", "metadata"),
-        ("http://[::ffff:169.254.169.254]/", "metadata"),
-        ("http://2130706433:{port}/", "numeric"),
-        ("http://0x7f.1:{port}/", "numeric"),
-        ("http://0.0.0.0:{port}/", "unspecified"),
-        ("http://[::]:{port}/", "unspecified"),
-        ("http://[::1]:{port}/", "loopback"),
-        ("http://127.0.0.1:{port}/", "loopback"),
-        ("http://10.0.0.1:{port}/", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "metadata (name|address)"),
+        ("http://[fd00:ec2::254]/latest/meta-data/", "metadata (name|address)"),
+        ("http://metadata.google.internal/computeMetadata/v1/", "metadata (name|address)"),
+        ("http://[::ffff:169.254.169.254]/", "metadata (name|address)"),
+        ("http://2130706433:{port}/", "numeric form"),
+        ("http://0x7f.1:{port}/", "numeric form"),
+        ("http://0.0.0.0:{port}/", "unspecified address"),
+        ("http://[::]:{port}/", "unspecified address"),
+        ("http://[::1]:{port}/", "loopback address"),
+        ("http://127.0.0.1:{port}/", "loopback address"),
+        ("http://10.0.0.1:{port}/", "private address"),
         ("http://localhost:{port}/", "resolves to"),  # checked where it is connected to
     ],
 )
@@ -203,13 +204,17 @@ def test_the_address_connected_to_is_the_one_checked(
     assert received.headers["Host"] == f"rebind.example:{callback_receiver.port}"
 
 
-def test_a_refused_callback_is_a_counted_hook_failure_that_leaves_the_result() -> None:
+def test_a_refused_callback_is_a_counted_hook_failure_that_leaves_the_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     hook = hook_for()
     runner = HookRunner([hook])
     task = outcome(callback_url="http://169.254.169.254/latest/meta-data/iam/")
-    runner.run(task)
+    with caplog.at_level(logging.WARNING, logger="forwarder.hooks.base"):
+        runner.run(task)
     runner.close()
     assert (runner.counts["callback"].attempts, runner.counts["callback"].failures) == (1, 1)
+    assert "hook callback failed" in caplog.text and "CallbackRefused" in caplog.text
     assert task.result == {"result": "ok"} and task.succeeded
     assert issubclass(CallbackRefused, CallbackError)
 
@@ -251,8 +256,8 @@ def test_the_gateway_refuses_a_callback_url_the_worker_would_not_call(
     submit = f"{gateway.url}/v1/async-tasks"
     with requests.Session() as http:
         for url, reason in [
-            ("http://169.254.169.254/latest/", "metadata"),
-            ("http://2130706433:6379/", "numeric"),
+            ("http://169.254.169.254/latest/", "metadata (name|address)"),
+            ("http://2130706433:6379/", "numeric form"),
             ("http://user:pw@10.1.2.3/", "userinfo"),
             ("http://127.0.0.1:15099\\@10.1.2.3/", "backslash"),
         ]:
