@@ -116,6 +116,19 @@ def nothing_connected(sock: socket.socket) -> bool:
     return False
 
 
+def test_the_default_urls_host_is_trusted_on_its_own_port_only(
+    receivers: tuple[CallbackReceiver, CallbackReceiver], listener: socket.socket
+) -> None:
+    default, _ = receivers
+    hook = hook_for(default_url=default.url("/x"))
+    hook(outcome("same-port", callback_url=default.url("/y")))
+    with pytest.raises(CallbackRefused, match="loopback address"):
+        hook(outcome(callback_url=f"http://127.0.0.1:{listener.getsockname()[1]}/y"))
+    hook.close()
+    assert list(default.by_task_id()) == ["same-port"]
+    assert nothing_connected(listener)
+
+
 @pytest.mark.parametrize(
     ("template", "reason"),
     [

@@ -119,7 +119,7 @@ class _Checked(HTTPConnection):
             found = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc
-        policy.check_addresses(self.host, [str(info[4][0]) for info in found])
+        policy.check_addresses(self.host, self.port, [str(info[4][0]) for info in found])
         deadline = _DEADLINE.get()
         timeout = Timeout.resolve_default_timeout(self.timeout)
         if deadline is not None:

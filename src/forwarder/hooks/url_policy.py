@@ -8,7 +8,7 @@ Two checks, for two moments:
   userinfo, or any disagreement between the two on scheme, host or port is refused, so that no
   check can see one host while the client calls another. A host written as an address (or in an
   odd numeric form such as ``2130706433``) or a metadata name is judged here already.
-- ``UrlPolicy.check_addresses(host, addresses)``, at connect time, on every address the host
+- ``UrlPolicy.check_addresses(host, port, addresses)``, at connect time, on every address the host
   resolves to (``forwarder.hooks.guarded_http`` then connects to a checked one): a name that
   resolves to an internal address, at once or after a DNS rebinding, is refused too.
 
@@ -16,7 +16,7 @@ Always refused: link-local addresses (169.254.0.0/16, fe80::/10) and the clouds'
 addresses and names. Refused unless ``callback.allow_private_networks`` is true or
 ``callback.allowed_hosts`` lists the host: every address that is not public (loopback, private,
 unspecified, shared, reserved, multicast). With ``allowed_hosts`` set, only the hosts it lists are
-called. The default URL's host counts as listed: the operator chose it.
+called. The default URL's host and port count as listed: the operator chose them.
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ def _plain(address: Address) -> Address:
         if address in _NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
+
+
+def _host_key(host: str) -> str:
+    """``host`` spelled one way: lower case, no brackets or final dot, an address normalised."""
+    host = host.strip("[]").lower().rstrip(".")
+    address = _literal(host)
+    return host if address is None else str(address)
 
 
 def _literal(host: str) -> Address | None:
@@ -151,57 +158,62 @@ class CheckedUrl:
 
 @dataclass(frozen=True)
 class UrlPolicy:
-    """The callback's rules: ``allowed`` restricts (when set) and trusts; ``trusted`` only trusts."""
+    """The callback's rules; ``default`` is the default URL's (host, port), always allowed."""
 
     allowed: HostRules = field(default_factory=HostRules)
-    trusted: HostRules = field(default_factory=HostRules)
     allow_private_networks: bool = False
+    default: tuple[str, int] | None = None
 
     @classmethod
     def from_settings(cls, settings: CallbackSettings) -> UrlPolicy:
-        """The rules the ``callback`` settings give, the default URL's host trusted."""
-        trusted = HostRules()
+        """The rules the ``callback`` settings give."""
+        default = None
         if settings.default_url:
-            trusted = HostRules.parse([parse_url(settings.default_url).host or ""])
+            parsed = parse_url(settings.default_url)
+            scheme = (parsed.scheme or "http").lower()
+            port = parsed.port or _DEFAULT_PORTS.get(scheme, 80)
+            default = (_host_key(parsed.host or ""), port)
         return cls(
-            HostRules.parse(settings.allowed_hosts), trusted, settings.allow_private_networks
+            HostRules.parse(settings.allowed_hosts), settings.allow_private_networks, default
         )
 
     def check(self, url: object) -> CheckedUrl:
         """The URL as the client reads it, or ``CallbackRefused`` saying why it is not called."""
         checked = parse_callback_url(url)
-        host = checked.host
+        host, port = checked.host, checked.port
         if host.rstrip(".") in METADATA_NAMES:
             raise CallbackRefused(
                 f"callback_url host {host} is a cloud metadata name: never called"
             )
         address = _literal(host)
         if address is not None:
-            self.check_addresses(host, [address])
-        elif _numeric(host) and not self.allow_private_networks and not self._lists(host):
+            self.check_addresses(host, port, [address])
+        elif _numeric(host) and not self.allow_private_networks and not self._lists(host, port):
             raise CallbackRefused(
                 f"callback_url host {host} is an address in a numeric form: refused unless {_HINT}"
             )
-        elif self.allowed and not self.allowed.networks and not self._lists(host):
+        elif self.allowed and not self.allowed.networks and not self._lists(host, port):
             raise CallbackRefused(f"callback_url host {host} is not in callback.allowed_hosts")
         return checked
 
-    def check_addresses(self, host: str, addresses: Iterable[Address | str]) -> None:
+    def check_addresses(self, host: str, port: int, addresses: Iterable[Address | str]) -> None:
         """``CallbackRefused`` unless every address ``host`` resolved to may be called."""
         for raw in addresses:
             address = _plain(ipaddress.ip_address(raw) if isinstance(raw, str) else raw)
-            problem = self._problem(host, address)
+            problem = self._problem(host, port, address)
             if problem:
                 named = "is" if _literal(host) == address else f"resolves to {address}, which is"
                 raise CallbackRefused(f"callback_url host {host} {named} {problem}")
 
-    def _lists(self, host: str) -> bool:
-        return self.allowed.names_host(host) or self.trusted.names_host(host)
+    def _lists(self, host: str, port: int) -> bool:
+        # The default URL's host is trusted on the default URL's port only: its other ports may
+        # be services nobody meant to expose.
+        return self.allowed.names_host(host) or (_host_key(host), port) == self.default
 
-    def _problem(self, host: str, address: Address) -> str | None:
+    def _problem(self, host: str, port: int, address: Address) -> str | None:
         if any(address.version == net.version and address in net for net in ALWAYS_REFUSED):
             return "link-local or a cloud metadata address: never called"
-        if self._lists(host) or self.allowed.holds(address) or self.trusted.holds(address):
+        if self._lists(host, port) or self.allowed.holds(address):
             return None
         if self.allowed:
             return "not in callback.allowed_hosts"
