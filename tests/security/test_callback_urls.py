@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from forwarder.config.hooks import BasicAuth, CallbackSettings
-from forwarder.errors import CallbackError, CallbackRefused
+from forwarder.errors import CallbackError, CallbackRefused, ConfigError
 from forwarder.hooks.base import HookRunner, TaskOutcome
 from forwarder.hooks.callback import CallbackHook
 from support.callbacks import CallbackReceiver
@@ -93,6 +93,16 @@ def test_default_auth_goes_to_the_default_url_only_not_its_whole_origin(
     hook.close()
     seen = {t: r.headers.get("Authorization") for t, r in default.by_task_id().items()}
     assert seen == {"default": BASIC, "itself": BASIC, "other-path": None}
+
+
+@pytest.mark.parametrize(
+    "url", ["http://u:secret-pw@127.0.0.1:1/cb", "http://169.254.169.254/", "http://a\\@b/"]
+)
+def test_a_default_url_no_call_would_go_to_stops_start_up(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        CallbackHook(CallbackSettings(default_url=url))
+    assert caught.value.key == "callback.default_url"
+    assert "secret-pw" not in str(caught.value)
 
 
 # -------------------------------------------------------------------------------------- SSRF

@@ -29,7 +29,8 @@ from forwarder.config.hooks import (
     MtlsAuth,
     parse_callback_auth,
 )
-from forwarder.errors import CallbackError
+from forwarder.config.masking import mask_url
+from forwarder.errors import CallbackError, CallbackRefused, ConfigError
 from forwarder.hooks.base import Hook, TaskOutcome
 from forwarder.hooks.client_certs import ClientCerts
 from forwarder.hooks.delivery import CallbackRequest, deliver
@@ -68,6 +69,14 @@ class CallbackHook(Hook):
             signing_key(settings.signing_secret) if settings.signing_secret else None
         )
         self.policy = UrlPolicy.from_settings(settings)
+        if settings.default_url:
+            # Checked now so that a default URL no call would be made to stops start-up.
+            try:
+                self.policy.check(settings.default_url)
+            except CallbackRefused as exc:
+                raise ConfigError(
+                    "callback.default_url", mask_url(settings.default_url), f"a URL to call: {exc}"
+                ) from None
         self._sleep = sleep
         # Sockets and certificate files inherited through fork are the parent's: a child starts
         # afresh, and leaves theirs alone.
