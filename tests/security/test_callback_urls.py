@@ -286,7 +286,7 @@ def test_the_gateway_refuses_a_callback_url_the_worker_would_not_call(
         ]:
             reply = http.post(submit, json={"args": 1, "callback_url": url}, timeout=10)
             assert reply.status_code == 400, (url, reply.text)
-            assert reason in reply.json()["detail"]
+            assert re.search(reason, reply.json()["detail"]), reply.text
         allowed = http.post(
             submit, json={"args": 1, "callback_url": "http://10.1.2.3/cb"}, timeout=10
         )
