@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "CallbackError": "forwarder.errors",
+    "CallbackRefused": "forwarder.errors",
     "ClientError": "forwarder.errors",
     "ConfigError": "forwarder.errors",
     "DeadLettered": "forwarder.errors",

@@ -14,6 +14,7 @@
      │    └── DeadLettered             delivered again after max_deliveries unfinished deliveries
      ├── HookError                   a hook failed (logged and counted; the task is unaffected)
      │    └── CallbackError            the callback was not delivered
+     │         └── CallbackRefused          its URL or address is not allowed (nothing sent)
      └── ClientError                 raised by the client (submit / get / wait)
           ├── GatewayError             the gateway refused a request or did not answer
           └── TaskWaitTimeout          the task did not finish within the wait
@@ -28,6 +29,7 @@ from forwarder.protocol import CANCELED, EXPIRED, FAILURE, TIMEOUT
 
 __all__ = [
     "CallbackError",
+    "CallbackRefused",
     "ClientError",
     "ConfigError",
     "DeadLettered",
@@ -132,6 +134,10 @@ class HookError(ForwarderError):
 
 class CallbackError(HookError):
     """The callback was not delivered: a URL not allowed, a refusal, or every attempt failed."""
+
+
+class CallbackRefused(CallbackError):
+    """The callback URL, or an address its host resolves to, is not allowed; nothing was sent."""
 
 
 class ClientError(ForwarderError):

@@ -69,7 +69,7 @@ def test_secrets_are_masked_in_logs_and_records(
     [
         ("http://user:pw@127.0.0.1:1/cb", "http://user:***@127.0.0.1:1/cb"),
         ("https://u:p:q@h/x", "https://u:***@h/x"),
-        ("http://127.0.0.1/cb?a=b@c", "http://127.0.0.1/cb?a=b@c"),
+        ("http://127.0.0.1/cb?a=b@c", "http://127.0.0.1/cb?a=***"),
         ("http://user@h/cb", "http://user@h/cb"),
     ],
 )

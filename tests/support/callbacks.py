@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import pytest
 from forwarder.devtools.localrun import HOST
 from support.servers import LocalHTTPServer, QuietHandler
 
-__all__ = ["CallbackReceiver", "Received", "callback_receiver"]
+__all__ = ["CallbackReceiver", "DrippingReceiver", "Received", "callback_receiver"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,55 @@ def callback_receiver() -> Iterator[CallbackReceiver]:
     """A receiver listening on 127.0.0.1 for this test; shut down after it."""
     with CallbackReceiver() as receiver:
         yield receiver
+
+
+class DrippingReceiver:
+    """A receiver that reads each request, then answers one byte every ``interval`` seconds.
+
+    Every byte comes well inside any per-read timeout, so only a total deadline ends the call.
+    ``connections`` counts the calls it took; each stops dripping once its caller hangs up.
+    """
+
+    REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.connections = 0
+        self.listener = socket.create_server((HOST, 0))
+        self.port = int(self.listener.getsockname()[1])
+        self._closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path: str = "/callback") -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                for index in range(len(self.REPLY)):
+                    conn.sendall(self.REPLY[index : index + 1])
+                    if self._closed.wait(self.interval):
+                        return
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._closed.set()
+        self.listener.close()
+
+    def __enter__(self) -> DrippingReceiver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -32,6 +32,7 @@ from forwarder.hooks.base import TaskOutcome
 from forwarder.hooks.callback import CallbackHook, checked_url
 from forwarder.hooks.delivery import retry_delay, retryable
 from forwarder.hooks.signing import sign, signing_key
+from forwarder.hooks.url_policy import UrlPolicy
 
 URL = "http://receiver.test/hook"
 CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n"
@@ -110,7 +111,7 @@ def test_malformed_secret_stops_the_hook_at_construction() -> None:
     "url", ["http://127.0.0.1:8080/cb", "https://example.com/x?token=1", "HTTPS://Example.com"]
 )
 def test_http_and_https_urls_pass(url: str) -> None:
-    assert checked_url(url) == url
+    assert checked_url(url, UrlPolicy(allow_private_networks=True)).url == url
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from forwarder import errors
 from forwarder.celery_ext.backends.base import ErrorPayloadMixin, error_payload
 from forwarder.errors import (
     CallbackError,
+    CallbackRefused,
     ClientError,
     ConfigError,
     DeadLettered,
@@ -62,6 +63,7 @@ def test_every_error_class_is_listed() -> None:
     names = {cls.__name__ for cls in ERROR_CLASSES}
     assert names == {
         "CallbackError",
+        "CallbackRefused",
         "ClientError",
         "ConfigError",
         "DeadLettered",
@@ -92,6 +94,7 @@ def test_hierarchy() -> None:
     for cls in (ConfigError, PayloadError, ModelServerError, TaskStopped, HookError, ClientError):
         assert cls.__bases__ == (ForwarderError,)
     assert CallbackError.__bases__ == (HookError,)
+    assert CallbackRefused.__bases__ == (CallbackError,)
     for cls in (ModelServerUnavailable, ModelServerTimeout, ModelResponseError):
         assert cls.__bases__ == (ModelServerError,)
     assert TaskWaitTimeout.__bases__ == (ClientError,)

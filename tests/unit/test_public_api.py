@@ -26,6 +26,7 @@ from forwarder.client.broker import TaskResult, _error_message
 INTENDED = {
     "__version__": None,
     "CallbackError": "forwarder.errors",
+    "CallbackRefused": "forwarder.errors",
     "ClientError": "forwarder.errors",
     "ConfigError": "forwarder.errors",
     "DeadLettered": "forwarder.errors",

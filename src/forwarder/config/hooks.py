@@ -8,6 +8,8 @@ signing secrets) are kept out of every ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ __all__ = [
     "HookSettings",
     "LoggingSettings",
     "MtlsAuth",
+    "allowed_hosts",
     "check_hook_settings",
     "hook_names",
     "parse_callback_auth",
@@ -69,7 +72,14 @@ class EndpointInfo:
 class CallbackSettings:
     default_url: str | None = None
     default_auth: CallbackAuth | None = None
+    # Names, "*.suffix" patterns and CIDRs; when set, the only hosts a request's callback_url may
+    # name. A host listed here may also resolve to a private address.
+    allowed_hosts: tuple[str, ...] = ()
+    allow_private_networks: bool = False
+    # The most one attempt may take (connection to last byte), and each socket read's timeout.
     timeout_seconds: float = 10.0
+    # The most the whole delivery may take: every attempt and every wait between them.
+    deadline_seconds: float = 60.0
     # Attempts in all, counting the first; only connection errors, 429 and 5xx are tried again.
     max_attempts: int = 3
     backoff_seconds: float = 0.5
@@ -150,6 +160,34 @@ def hook_names(value: object) -> tuple[str, ...]:
         if name not in names:
             names.append(name)
     return tuple(names)
+
+
+_HOST_NAME = re.compile(
+    r"(\*\.)?([a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.?"
+)
+
+
+def allowed_hosts(value: object) -> tuple[str, ...]:
+    """``callback.allowed_hosts``: host names, ``*.suffix`` patterns and networks (CIDR)."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise Invalid("a list of host names, *.suffix patterns or CIDRs (10.0.0.0/8)")
+    for entry in value:
+        if not isinstance(entry, str) or not _allowed_host(entry.strip()):
+            raise Invalid(
+                f"host names (receiver.example.com), *.suffix patterns (*.example.com) or "
+                f"networks (10.0.0.0/8, fd00::/8); {entry!r} is none of them"
+            )
+    return tuple(dict.fromkeys(entry.strip().lower() for entry in value))
+
+
+def _allowed_host(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry.strip("[]"), strict=False)
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(entry.lower())) and entry != "*."
+    return True
 
 
 def parse_default_auth(value: object) -> CallbackAuth:

@@ -59,14 +59,28 @@ def mask_secrets(text: str) -> str:
     return text
 
 
+def _masked_query(url: str) -> str:
+    """Every query value replaced by ``***``: webhook URLs carry their tokens there, by any name."""
+    head, mark, query = url.partition("?")
+    if not mark:
+        return url
+    query, hash_mark, _ = query.partition("#")
+    pairs = (pair.partition("=") for pair in query.split("&"))
+    shown = "&".join(name + (f"={MASK}" if sep else "") for name, sep, _ in pairs)
+    return f"{head}?{shown}" + (f"#{MASK}" if hash_mark else "")
+
+
 def masked_request(request: Any) -> Any:
-    """The request with ``callback_auth``'s secrets and a password in ``callback_url`` masked."""
+    """The request with the secrets of ``callback_auth`` and ``callback_url`` masked.
+
+    Of the URL, its password and every query value: records may be kept for years.
+    """
     if not isinstance(request, Mapping):
         return request
     masked = dict(request)
     url = request.get("callback_url")
     if isinstance(url, str):
-        masked["callback_url"] = _URL_PASSWORD.sub(rf"\g<keep>{MASK}", url)
+        masked["callback_url"] = _masked_query(_URL_PASSWORD.sub(rf"\g<keep>{MASK}", url))
     auth = request.get("callback_auth")
     if isinstance(auth, Mapping):
         masked["callback_auth"] = {

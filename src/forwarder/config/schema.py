@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from forwarder.config import parsers as p
-from forwarder.config.hooks import SINK_NAMES, hook_names, parse_default_auth, shown_auth
+from forwarder.config.hooks import (
+    SINK_NAMES,
+    allowed_hosts,
+    hook_names,
+    parse_default_auth,
+    shown_auth,
+)
 from forwarder.config.masking import MASK, mask_url
 from forwarder.errors import ConfigError
 from forwarder.worker import gevent_switch as pool_switch
@@ -191,7 +197,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(ENDPOINT, "labels", p.labels),
     Setting(CALLBACK, "default_url", p.http_url),
     Setting(CALLBACK, "default_auth", parse_default_auth, secret=True, show=shown_auth),
+    Setting(CALLBACK, "allowed_hosts", allowed_hosts),
+    Setting(CALLBACK, "allow_private_networks", p.boolean),
     Setting(CALLBACK, "timeout_seconds", p.positive_number),
+    Setting(CALLBACK, "deadline_seconds", p.positive_number),
     Setting(CALLBACK, "max_attempts", p.positive_int),
     Setting(CALLBACK, "backoff_seconds", p.positive_number),
     Setting(CALLBACK, "backoff_max_seconds", p.positive_number),

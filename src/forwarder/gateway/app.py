@@ -26,6 +26,7 @@ from forwarder.client.broker import ForwarderClient
 from forwarder.client.idempotency import IdempotencyStore, open_store
 from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError
+from forwarder.hooks.url_policy import UrlPolicy
 
 INSTALL_HINT = "the gateway needs FastAPI and uvicorn: pip install 'inference-forwarder[gateway]'"
 try:
@@ -53,6 +54,7 @@ log = logging.getLogger("forwarder.gateway.app")
 
 LISTEN_BACKLOG = 2048  # uvicorn's default
 _ERRORS = (
+    (400, "A callback_url the worker would not call; detail says why"),
     (413, "Body larger than max_body_bytes"),
     (415, "Body not JSON"),
     (422, "A field, parameter or header not allowed; loc names it"),
@@ -131,7 +133,8 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
 
-    routes = TaskRoutes(broker, store, gateway, queue, authorize, responses)
+    callback_urls = UrlPolicy.from_settings(settings.hooks.callback)
+    routes = TaskRoutes(broker, store, gateway, queue, authorize, responses, callback_urls)
     add_submit_route(app, routes)
     add_task_routes(app, routes)
     add_health_routes(app, broker_check)

@@ -9,7 +9,7 @@ Calls into the broker block, so they run in worker threads, never on the event l
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
 import anyio
@@ -25,6 +25,7 @@ from forwarder.client.idempotency import (
     submit_once,
 )
 from forwarder.config.gateway import GatewaySettings
+from forwarder.errors import CallbackRefused
 from forwarder.gateway.models import (
     TASK_ID_PATTERN,
     CreateAsyncTaskV1Response,
@@ -33,6 +34,7 @@ from forwarder.gateway.models import (
     SubmitAsyncTaskRequest,
     TaskStatus,
 )
+from forwarder.hooks.url_policy import UrlPolicy
 
 __all__ = [
     "READY_TIMEOUT_SECONDS",
@@ -92,6 +94,8 @@ class TaskRoutes:
     # The bearer-token check: the caller's principal ("" without authentication).
     authorize: Callable[..., str]
     responses: dict[int | str, dict[str, Any]]
+    # The worker's callback rules: a callback_url it would refuse is refused at submit already.
+    callback_urls: UrlPolicy = field(default_factory=UrlPolicy)
 
     @property
     def dependencies(self) -> list[Any]:
@@ -166,6 +170,11 @@ def add_submit_route(app: FastAPI, routes: TaskRoutes) -> None:
             Query(description="Accepted from model-engine clients; one queue is served"),
         ] = None,
     ) -> CreateAsyncTaskV1Response:
+        if body.callback_url:
+            try:
+                routes.callback_urls.check(body.callback_url)
+            except CallbackRefused as exc:
+                raise HTTPException(status_code=400, detail=str(exc)) from None
         payload = body.payload()
         ttl = body.ttl_seconds or gateway.default_ttl_seconds
         timeout = body.timeout_seconds or gateway.default_timeout_seconds

@@ -1,10 +1,12 @@
 """The ``callback`` hook: POST each finished task's result to the requester's URL.
 
-The URL is the request's ``callback_url``, else the configured default; the auth is the request's
-``callback_auth`` (HTTP Basic, or a client certificate for mTLS), else the configured default,
-which is only ever sent to the default URL's origin. Every call has a timeout and is tried again
-on connection errors, timeouts, 429 and 5xx (``forwarder.hooks.delivery``). With a signing secret
-each call is signed the Standard Webhooks way (``forwarder.hooks.signing``).
+The URL is the request's ``callback_url``, else the configured default; it must pass the
+``UrlPolicy`` (``forwarder.hooks.url_policy``), before the call and again at connect time. The
+auth is the request's ``callback_auth`` (HTTP Basic, or a client certificate for mTLS), else the
+configured default, which is only ever sent to the default URL itself, read by the client's own
+parser. Every attempt and the whole delivery have a total deadline, and an attempt is tried again
+on connection errors, timeouts, 429 and 5xx (``forwarder.hooks.delivery``). With a signing
+secret each call is signed the Standard Webhooks way (``forwarder.hooks.signing``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 
 from forwarder.config.hooks import (
@@ -29,38 +29,24 @@ from forwarder.config.hooks import (
     MtlsAuth,
     parse_callback_auth,
 )
-from forwarder.errors import CallbackError
+from forwarder.config.masking import mask_url
+from forwarder.errors import CallbackError, CallbackRefused, ConfigError
 from forwarder.hooks.base import Hook, TaskOutcome
 from forwarder.hooks.client_certs import ClientCerts
-from forwarder.hooks.delivery import CallbackRequest, deliver, origin
+from forwarder.hooks.delivery import CallbackRequest, deliver
+from forwarder.hooks.guarded_http import callback_session
 from forwarder.hooks.signing import signature_headers, signing_key
+from forwarder.hooks.url_policy import CheckedUrl, UrlPolicy
 from forwarder.process_local import ProcessLocal
 
 __all__ = ["CallbackHook", "checked_url"]
 
 log = logging.getLogger(__name__)
 
-# Receivers are few (one default and the URLs requests name); a gevent worker may call one receiver
-# from many greenlets at once, and each keeps its own connection.
-_POOL_HOSTS = 16
-_POOL_PER_HOST = 32
 
-
-def checked_url(value: object) -> str:
-    """``value`` if it is an http or https URL with a host; anything else raises ``CallbackError``."""
-    if not isinstance(value, str):
-        raise CallbackError(f"callback_url must be a string, got {type(value).__name__}")
-    try:
-        parts = urlsplit(value)
-        host, _ = parts.hostname, parts.port
-    except ValueError:
-        raise CallbackError("callback_url is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise CallbackError(
-            f"callback_url must be an http:// or https:// URL with a host (scheme given: "
-            f"{parts.scheme or 'none'!r})"
-        )
-    return value
+def checked_url(value: object, policy: UrlPolicy | None = None) -> CheckedUrl:
+    """``value`` as the client reads it, if ``policy`` allows it; ``CallbackRefused`` otherwise."""
+    return (policy or UrlPolicy()).check(value)
 
 
 @dataclass
@@ -82,7 +68,15 @@ class CallbackHook(Hook):
         self._signing_key = (
             signing_key(settings.signing_secret) if settings.signing_secret else None
         )
-        self._timeout = (settings.timeout_seconds, settings.timeout_seconds)
+        self.policy = UrlPolicy.from_settings(settings)
+        if settings.default_url:
+            # Checked now so that a default URL no call would be made to stops start-up.
+            try:
+                self.policy.check(settings.default_url)
+            except CallbackRefused as exc:
+                raise ConfigError(
+                    "callback.default_url", mask_url(settings.default_url), f"a URL to call: {exc}"
+                ) from None
         self._sleep = sleep
         # Sockets and certificate files inherited through fork are the parent's: a child starts
         # afresh, and leaves theirs alone.
@@ -92,13 +86,7 @@ class CallbackHook(Hook):
         return self._state.get()
 
     def _new_session(self) -> requests.Session:
-        session = requests.Session()
-        adapter = HTTPAdapter(
-            pool_connections=_POOL_HOSTS, pool_maxsize=_POOL_PER_HOST, max_retries=0
-        )
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session
+        return callback_session(self.policy)
 
     def __call__(self, outcome: TaskOutcome) -> None:
         fields = outcome.request_fields
@@ -108,7 +96,7 @@ class CallbackHook(Hook):
         if raw_url is None:
             log.debug("no callback URL for task %s: nothing to call", outcome.task_id)
             return
-        url = checked_url(raw_url)
+        url = checked_url(raw_url, self.policy)
         auth = self._auth(url, fields.get("callback_auth"))
         try:
             body = json.dumps(outcome.response_body(), allow_nan=False).encode()
@@ -128,21 +116,21 @@ class CallbackHook(Hook):
         with cert_files as cert:
             request = CallbackRequest(
                 task_id=outcome.task_id,
-                url=url,
+                url=url.url,
                 body=body,
                 headers=lambda: self._headers(outcome.task_id, body, outcome.trace_headers),
                 auth=basic,
                 cert=cert,
             )
-            deliver(state.session, request, self.settings, self._timeout, self._sleep)
+            deliver(state.session, request, self.settings, self._sleep)
 
-    def _auth(self, url: str, raw_auth: object) -> CallbackAuth | None:
+    def _auth(self, url: CheckedUrl, raw_auth: object) -> CallbackAuth | None:
         if raw_auth is not None:
             return parse_callback_auth(raw_auth, "callback_auth")
-        if self.settings.default_url and origin(url) == origin(self.settings.default_url):
+        if self.policy.same_url(url, self.settings.default_url):
             return self.settings.default_auth
         # The configured credentials are for the configured receiver: a request naming another
-        # host must not be able to collect them.
+        # URL, even another path of the same host, must not be able to collect them.
         return None
 
     def _headers(

@@ -2,16 +2,21 @@
 
 Connection errors, timeouts, 429 and 5xx are tried again with jittered exponential backoff (a
 ``Retry-After`` of whole seconds is honoured, up to the cap), up to ``max_attempts`` in all; any
-other reply is final. Redirects are not followed: a redirect would carry the credentials and the
-client certificate to a URL nobody chose. Logs and errors show a URL's origin only, since webhook
-URLs often carry a token in their path or query; and no more of a reply is read than an excerpt,
-since its size is the receiver's choice.
+other reply is final, and so is a refused URL or address (``CallbackRefused``). Each attempt ends
+within ``timeout_seconds``, connection to last byte, and the whole delivery, waits included, within
+``deadline_seconds``: no receiver can hold the slot longer. The session must be a
+``forwarder.hooks.guarded_http.callback_session``: it checks every address it connects to.
+Redirects are not followed: a redirect would carry the credentials and the client certificate
+to a URL nobody chose. Logs and errors show a URL's origin only, since webhook URLs often carry
+a token in their path or query; and no more of a reply is read than an excerpt, since its size
+is the receiver's choice.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +27,7 @@ import requests
 from forwarder.backoff import backoff
 from forwarder.config.hooks import CallbackSettings
 from forwarder.errors import CallbackError
+from forwarder.hooks.guarded_http import attempt_deadline
 
 __all__ = ["CallbackRequest", "deliver", "origin", "retry_delay", "retryable"]
 
@@ -86,54 +92,69 @@ def deliver(
     session: requests.Session,
     request: CallbackRequest,
     settings: CallbackSettings,
-    timeout: tuple[float, float],
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """POST ``request`` until it is taken; ``CallbackError`` once it is refused or out of tries."""
+    """POST ``request`` until it is taken; ``CallbackError`` once it is refused or out of tries.
+
+    Every attempt and every wait fit in ``settings.deadline_seconds`` from now.
+    """
+    ends = time.monotonic() + settings.deadline_seconds
     attempts = settings.max_attempts
     last = "none"
     for attempt in range(1, attempts + 1):
-        failed = _attempt(session, request, timeout)
+        seconds = min(settings.timeout_seconds, ends - time.monotonic())
+        failed = _attempt(session, request, seconds)
         if failed is None:
             return
         last = failed.problem
-        if attempt < attempts:
-            delay = retry_delay(
-                attempt, settings.backoff_seconds, settings.backoff_max_seconds, failed.retry_after
+        if attempt == attempts:
+            break
+        delay = retry_delay(
+            attempt, settings.backoff_seconds, settings.backoff_max_seconds, failed.retry_after
+        )
+        if time.monotonic() + delay >= ends:
+            raise CallbackError(
+                f"{request.shown} failed after {attempt} attempt(s), no time left within "
+                f"callback.deadline_seconds ({settings.deadline_seconds:g}); last: {last}"
             )
-            log.info(
-                "%s: %s; attempt %d of %d, next in %.2f s",
-                request.shown,
-                last,
-                attempt,
-                attempts,
-                delay,
-            )
-            sleep(delay)
+        log.info(
+            "%s: %s; attempt %d of %d, next in %.2f s",
+            request.shown,
+            last,
+            attempt,
+            attempts,
+            delay,
+        )
+        sleep(delay)
     raise CallbackError(f"{request.shown} failed after {attempts} attempt(s); last: {last}")
 
 
-def _attempt(
-    session: requests.Session, request: CallbackRequest, timeout: tuple[float, float]
-) -> _Failed | None:
+def _attempt(session: requests.Session, request: CallbackRequest, seconds: float) -> _Failed | None:
     """None once delivered; what failed when it is worth another try; raises when it is not."""
-    try:
-        reply = session.post(
-            request.url,
-            data=request.body,
-            headers=request.headers(),
-            auth=request.auth,
-            cert=request.cert,
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,
-        )
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        return _Failed(_describe(exc))
-    except requests.RequestException as exc:
-        raise CallbackError(f"{request.shown} failed: {_describe(exc)}") from None
-    with reply:
-        excerpt = next(reply.iter_content(_EXCERPT_BYTES), b"")
+    with attempt_deadline(seconds) as deadline:
+        try:
+            reply = session.post(
+                request.url,
+                data=request.body,
+                headers=request.headers(),
+                auth=request.auth,
+                cert=request.cert,
+                timeout=(seconds, seconds),
+                allow_redirects=False,
+                stream=True,
+            )
+            with reply:
+                excerpt = next(reply.iter_content(_EXCERPT_BYTES), b"")
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
+            if deadline.expired:
+                return _Failed(f"no whole reply within {seconds:.3g} s (timeout_seconds)")
+            return _Failed(_describe(exc))
+        except requests.RequestException as exc:
+            raise CallbackError(f"{request.shown} failed: {_describe(exc)}") from None
     status = reply.status_code
     if 200 <= status < 300:
         log.debug("%s: HTTP %d", request.shown, status)
