@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from forwarder.config.masking import masked_request
 from forwarder.errors import DeadLettered
 from forwarder.protocol import TRACE_KEYS
 
@@ -74,8 +75,9 @@ class DeadLetter:
     def as_body(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self, *, show_payload: bool = False) -> dict[str, Any]:
-        """What ``dead-letter list`` prints: no user data unless asked for."""
+    def summary(self, *, show_payload: bool = False, show_secrets: bool = False) -> dict[str, Any]:
+        """What ``dead-letter list`` prints: no user data unless asked for, and the payload's
+        callback credentials masked unless those are asked for too."""
         payload = self.args[0] if self.args else None
         shown: dict[str, Any] = {
             "task_id": self.task_id,
@@ -92,7 +94,10 @@ class DeadLetter:
         if self.reason:
             shown["reason"] = self.reason
         if show_payload:
-            shown.update(args=self.args, kwargs=self.kwargs)
+            args = self.args
+            if args and not show_secrets:
+                args = [masked_request(payload), *args[1:]]
+            shown.update(args=args, kwargs=self.kwargs)
         return shown
 
 
