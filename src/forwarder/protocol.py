@@ -9,6 +9,8 @@ a stored key reads as ``forwarder-<what>-<id>``.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CANCELED",
     "CANCEL_KEY_PREFIX",
@@ -23,6 +25,7 @@ __all__ = [
     "STOPPED_STATES",
     "SUBMITTED_KWARG",
     "SUCCESS",
+    "TASK_ID_ALLOWED",
     "TASK_NAMES",
     "TIMEOUT",
     "TIMEOUT_KWARG",
@@ -30,6 +33,7 @@ __all__ = [
     "TTL_KWARG",
     "cancel_key_name",
     "deliveries_key_name",
+    "task_id_problem",
 ]
 
 # model-engine's two names for the one task.
@@ -71,3 +75,18 @@ def cancel_key_name(task_id: str) -> str:
 def deliveries_key_name(task_id: str, retries: int) -> str:
     """The count of deliveries of one message of ``task_id`` (a retry is a new message)."""
     return f"{DELIVERIES_KEY_PREFIX}{task_id}-{retries}"
+
+
+# A task id names a file (the embedded result backend) and is part of every stored key: letters,
+# digits and ``-_.:``, not starting with a dot, at most 200 (a file name's 255 less the longest
+# key prefix); a uuid fits.
+_TASK_ID = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,199}")
+TASK_ID_ALLOWED = "1 to 200 of A-Z a-z 0-9 - _ . :, not starting with a dot"
+
+
+def task_id_problem(task_id: object) -> str | None:
+    """Why ``task_id`` cannot name a task's stored result, or None when it can."""
+    if isinstance(task_id, str) and _TASK_ID.fullmatch(task_id):
+        return None
+    shown = repr(task_id) if len(repr(task_id)) <= 80 else f"{repr(task_id)[:80]}..."
+    return f"task id {shown} is not allowed (allowed: {TASK_ID_ALLOWED})"

@@ -24,6 +24,7 @@ from forwarder.celery_ext.backends.base import Admission, StartingTask
 from forwarder.client.broker import ForwarderClient, TaskResult
 from forwarder.config.settings import load_settings
 from forwarder.errors import PayloadError, TaskCanceled, TaskDeadlineExceeded, TaskExpired
+from forwarder.protocol import CANCELED
 from support.aws import MotoServer
 
 pytestmark = pytest.mark.integration
@@ -275,3 +276,65 @@ def test_admission_counts_deliveries_reads_the_marker_and_keeps_a_success(store:
     store.backend.store_result(done, SUCCESS_RESULT, states.SUCCESS)
     assert admit(store, done).deliveries == 1
     assert store.client.get(done) == TaskResult(done, states.SUCCESS, result=SUCCESS_RESULT)
+
+
+def test_a_cancel_that_lands_during_admission_is_never_overwritten_by_started(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker reads no marker; the client's whole cancel runs; then the worker stores.
+
+    Whatever the cancel answered stays true: CANCELED stays CANCELED and the delivery is told it
+    is canceled (file, S3: the STARTED write is conditional), or the cancel saw STARTED (Redis:
+    the marker read and the STARTED store are one script) and the task runs to be watched.
+    """
+    backend = store.backend
+    read_admission = backend._read_admission
+    answers: list[TaskResult] = []
+
+    def cancel_in_between(task_id: str, retries: int, starting: StartingTask | None) -> Admission:
+        admission = read_admission(task_id, retries, starting)
+        answers.append(store.client.cancel(task_id))
+        return admission
+
+    monkeypatch.setattr(backend, "_read_admission", cancel_in_between)
+    task_id = new_id()
+    admission = admit(store, task_id)
+    [answer] = answers
+    stored = store.stored(task_id)
+    assert stored is not None
+    if answer.status == CANCELED:
+        assert stored["status"] == CANCELED, "STARTED overwrote the CANCELED the client was told"
+        assert (admission.canceled, admission.started_stored) == (True, False)
+        assert not admission.may_start(5)
+    else:
+        assert answer.status == states.STARTED == stored["status"]
+        assert (admission.canceled, admission.started_stored) == (False, True)
+    if store.kind != "redis":
+        assert answer.status == CANCELED
+
+
+def test_a_cancel_never_overwrites_a_started_stored_after_its_read(store: Store) -> None:
+    """The client read PENDING; a worker's STARTED lands before the client's CANCELED write."""
+    backend = store.backend
+    task_id = new_id()
+    backend.set(backend.cancel_key(task_id), json.dumps({"task_id": task_id}))
+    get = backend.get
+    key = backend.get_key_for_task(task_id)
+    started = backend.encoded_meta(task_id, {"pid": 1}, states.STARTED)
+    calls = 0
+
+    def started_after_first_read(read_key: str | bytes) -> bytes | None:
+        nonlocal calls
+        value = get(read_key)
+        if read_key == key:
+            calls += 1
+            if calls == 1:  # the worker's write lands just after the client's read
+                backend.set(key, started)
+        return value
+
+    backend.get = started_after_first_read
+    try:
+        backend.cancel_unless_running(task_id, TaskCanceled("canceled"), {states.PENDING})
+    finally:
+        del backend.get
+    assert store.client.get(task_id).status == states.STARTED

@@ -36,6 +36,7 @@ FLAG_VALUES: dict[str, tuple[str, object]] = {
     "--task-visibility": ("VISIBILITY_1H", "VISIBILITY_1H"),
     "--log-level": ("DEBUG", "DEBUG"),
     "--log-format": ("text", "text"),
+    "--library-log-level": ("DEBUG", "DEBUG"),
     "--metrics-port": ("9100", 9100),
     "--metrics-host": ("127.0.0.1", "127.0.0.1"),
     "--tracing": ("otel", "otel"),

@@ -8,8 +8,11 @@ message and deliver it again after the visibility timeout (at-least-once).
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -29,6 +32,8 @@ EMBEDDED_POLLING_INTERVAL = 0.02
 # one request per 10 s.
 SQS_POLLING_INTERVAL = 0.02
 REDIS_MIN_CONNECTIONS = 10
+# The embedded broker's folders: messages, control broadcasts and results, the owner's only.
+DATA_FOLDER_MODE = 0o700
 # Celery sleeps 10 ms doubling up to 10 s (full jitter) between result-store tries: 20 tries
 # ride out a Redis restart of a minute or so, then the error is raised as before.
 RESULT_BACKEND_MAX_RETRIES = 20
@@ -67,9 +72,9 @@ def broker_config(worker: WorkerSettings, *, region: str | None = None) -> Broke
 def _embedded(worker: WorkerSettings) -> BrokerConfig:
     root = worker.data_dir.expanduser().resolve()
     folders = {name: root / name for name in ("queue", "control", "results")}
-    for folder in folders.values():
+    for folder in (root, *folders.values()):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            _private_folder(folder)
         except OSError as exc:
             raise ConfigError(
                 "data_dir (--data-dir, FORWARDER_DATA_DIR, worker.data_dir)",
@@ -87,6 +92,15 @@ def _embedded(worker: WorkerSettings) -> BrokerConfig:
             "polling_interval": EMBEDDED_POLLING_INTERVAL,
         },
     )
+
+
+def _private_folder(folder: Path) -> None:
+    """Make ``folder`` 0700, or tighten it to that if it is ours: its messages and results carry
+    callback credentials and model replies."""
+    folder.mkdir(mode=DATA_FOLDER_MODE, parents=True, exist_ok=True)
+    status = folder.stat()
+    if status.st_uid == os.getuid() and stat.S_IMODE(status.st_mode) != DATA_FOLDER_MODE:
+        folder.chmod(DATA_FOLDER_MODE)
 
 
 def _sqs(worker: WorkerSettings, url: str, region: str | None) -> BrokerConfig:

@@ -12,6 +12,7 @@ kombu moves a message it takes into the system's temporary folder before reading
 renamed within the queue folder instead, so that a message (which may carry a callback's
 credentials) never leaves the folder the operator chose. A message whose worker dies between the
 rename and the read stays there under its ``.taken`` name: the embedded broker is at-most-once.
+Messages and the exchanges' binding files are 0600, in folders made 0700.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class Channel(filesystem.Channel):
         with os.fdopen(descriptor, "wb") as out:
             out.write(dumps(payload).encode())
         os.rename(partial, final)
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        super()._queue_bind(exchange, routing_key, pattern, queue)
+        # kombu writes the binding table with the process's umask (world-readable, mostly).
+        os.chmod(self._exchange_file(exchange), MESSAGE_MODE)
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         wanted = f"{queue}.msg"

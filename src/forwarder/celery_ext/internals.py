@@ -49,7 +49,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(
         "celery.backends.base:Backend",
         "_get_result_meta",
-        "backends.redis: the meta a store writes, encoded once for the store and admit scripts",
+        "backends.redis and backends.base: the meta a store writes, encoded once for the store"
+        " and admit scripts, and for the compare-and-set of STARTED and CANCELED",
         ("self", "result", "state", "traceback", "request", "format_date", "encode"),
     ),
     Internal(
@@ -91,6 +92,24 @@ INTERNALS: tuple[Internal, ...] = (
         "_put",
         "filesystem_transport overrides it: a message is written aside and renamed into place",
         ("self", "queue", "payload", "kwargs"),
+    ),
+    Internal(
+        "kombu.transport.filesystem:Channel",
+        "_queue_bind",
+        "filesystem_transport overrides it: the exchange's binding file is made 0600",
+        ("self", "exchange", "routing_key", "pattern", "queue"),
+    ),
+    Internal(
+        "kombu.transport.filesystem:Channel",
+        "_exchange_file",
+        "filesystem_transport: the binding file _queue_bind wrote, to make it 0600",
+        ("self", "exchange"),
+    ),
+    Internal(
+        "celery.backends.filesystem:FilesystemBackend",
+        "_filename",
+        "backends.filesystem: a key's file, written whole under a temporary name and renamed",
+        ("self", "key"),
     ),
     Internal(
         "kombu.transport.filesystem:Channel",

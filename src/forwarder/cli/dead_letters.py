@@ -24,7 +24,9 @@ def cmd_dead_letter_list(args: argparse.Namespace) -> int:
             if entry.letter is None:
                 line: dict[str, Any] = {"not_a_dead_letter": entry.problem}
             else:
-                line = entry.letter.summary(show_payload=args.show_payload)
+                line = entry.letter.summary(
+                    show_payload=args.show_payload, show_secrets=args.show_secrets
+                )
             print(json.dumps(line, default=str))
     finally:
         store.close()
@@ -62,6 +64,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument("--limit", type=int, metavar="N", help="print at most N")
     listing.add_argument(
         "--show-payload", action="store_true", help="include args and kwargs (user data)"
+    )
+    listing.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="with --show-payload: callback credentials in clear (masked otherwise)",
     )
     listing.set_defaults(run=cmd_dead_letter_list)
     replaying = actions.add_parser("replay", help="send dead letters back to their queue")

@@ -42,4 +42,5 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def configure_logging(settings: Settings) -> None:
     from forwarder.observability.logs import configure
 
-    configure(settings.worker.log_level, settings.worker.log_format, settings.worker.queue)
+    worker = settings.worker
+    configure(worker.log_level, worker.log_format, worker.queue, worker.library_log_level)

@@ -154,7 +154,8 @@ class ForwarderClient:
         # as it started), and its watcher ends the call.
         current = self.get(task_id)
         if current.status in _NOT_RUNNING:
-            backend.store_stopped(task_id, TaskCanceled(CANCELED_QUEUED))
+            # Only over the state just read: a worker's STARTED landing meanwhile is kept.
+            backend.cancel_unless_running(task_id, TaskCanceled(CANCELED_QUEUED), _NOT_RUNNING)
             current = self.get(task_id)
         return current
 

@@ -15,47 +15,71 @@ __all__ = ["MASK", "mask_secrets", "mask_url", "masked_request"]
 
 MASK = "***"
 
+# A value after its name: quoted (to its closing quote, escapes included, bytes reprs too) or bare
+# (to the next separator). Quoted values are masked whole: a password may hold spaces and commas.
+_VALUE = r"""(?P<value>b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*"|[^'"\s,;&}<>]+)"""
+_SECRET_NAMES = (
+    r"password|passwd|token|secret|signing_secret|api_key|auth_token"
+    # AWS credentials: botocore at DEBUG logs the STS reply and the signed request headers.
+    r"|secret_?access_?key|session_?token|x-amz-security-token"
+)
+
 # What a log line may carry, wherever it came from.
 _SECRETS = [
     # scheme://user:password@host
-    re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)", re.I),
+    re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<value>[^@\s]+)(?=@)", re.I),
     # Authorization: Basic xxx / Bearer xxx, in headers or their reprs
     re.compile(
-        r"(?P<keep>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer)\s+)[^\s'\",}]+", re.I
-    ),
-    # "password": "...", password=..., token / secret / signing_secret / key fields
-    re.compile(
-        r"(?P<keep>['\"]?\b(?:password|passwd|token|secret|signing_secret|api_key|auth_token)"
-        r"['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+",
+        r"(?P<keep>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer)\s+)(?P<value>[^\s'\",}]+)",
         re.I,
     ),
-    re.compile(r"(?P<keep>)whsec_[A-Za-z0-9+/=]+"),
+    # "password": "...", password=..., token / secret / key fields, AWS credential fields
+    re.compile(rf"(?P<keep>['\"]?\b(?:{_SECRET_NAMES})['\"]?\s*[:=]\s*){_VALUE}", re.I),
+    # <SecretAccessKey>...</SecretAccessKey> in an STS or IMDS reply
+    re.compile(r"(?P<keep><(?:SecretAccessKey|SessionToken)>)(?P<value>[^<]*)", re.I),
+    re.compile(r"(?P<keep>)(?P<value>whsec_[A-Za-z0-9+/=]+)"),
     re.compile(
-        r"(?P<keep>)-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S
+        r"(?P<keep>)(?P<value>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----)",
+        re.S,
     ),
 ]
 
+# A query parameter whose value is a secret: ?password=, ?token=, X-Amz-Security-Token, ...
+_SECRET_QUERY = re.compile(
+    r"(?P<keep>(?:^|[&;])(?:key|[^=&;#]*(?:password|passwd|token|secret|signature|credential"
+    r"|api_?key)[^=&;#]*)=)[^&;#]*",
+    re.I,
+)
 _SECRET_AUTH_FIELDS = ("password", "cert", "key")
 # The password of scheme://user:password@host (found by tests/faults: it reached the records).
 _URL_PASSWORD = re.compile(r"(?P<keep>^[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/@]*(?=@)")
 
 
 def mask_url(url: str | None) -> str | None:
-    """The URL with any password replaced by ``***``, for logs and check-config."""
-    if not url or "@" not in url:
+    """The URL with any password, and the values of secret-named query parameters, as ``***``.
+
+    For logs and check-config. The credentials end at the last ``@`` before the query (an AWS
+    secret key may hold ``/``); an ``@`` in the query or the path is no credentials.
+    """
+    if not url:
         return url
-    scheme, sep, rest = url.partition("://")
+    head, query_mark, query = url.partition("?")
+    scheme, sep, rest = head.partition("://")
     if not sep:  # no scheme: the credentials start the string
-        scheme, rest = "", url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user}:{MASK}@{host}"
+        scheme, rest = "", head
+    credentials, at, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    if at and colon and "/" not in user:
+        head = f"{scheme}{sep}{user}:{MASK}@{host}"
+    if query_mark:
+        query = _SECRET_QUERY.sub(rf"\g<keep>{MASK}", query)
+    return f"{head}{query_mark}{query}"
 
 
 def mask_secrets(text: str) -> str:
-    """The text with every secret the patterns know replaced by ``***``."""
+    """The text with every secret the patterns know replaced by ``***``, whole."""
     for pattern in _SECRETS:
-        text = pattern.sub(rf"\g<keep>{MASK}", text)
+        text = pattern.sub(_masked_match, text)
     return text
 
 
@@ -68,6 +92,15 @@ def _masked_query(url: str) -> str:
     pairs = (pair.partition("=") for pair in query.split("&"))
     shown = "&".join(name + (f"={MASK}" if sep else "") for name, sep, _ in pairs)
     return f"{head}?{shown}" + (f"#{MASK}" if hash_mark else "")
+
+
+def _masked_match(match: re.Match[str]) -> str:
+    value = match["value"]
+    prefix = "b" if value.startswith(("b'", 'b"')) else ""
+    quote = value[len(prefix)]
+    if quote in "'\"":  # keep the quotes (and a bytes prefix): the line stays readable
+        return f"{match['keep']}{prefix}{quote}{MASK}{quote}"
+    return f"{match['keep']}{MASK}"
 
 
 def masked_request(request: Any) -> Any:

@@ -97,6 +97,8 @@ class WorkerSettings:
     readiness_timeout_seconds: float = 0.0
     log_level: str = "INFO"
     log_format: str = "json"
+    # botocore and urllib3 log whole requests and replies (credentials too) at DEBUG.
+    library_log_level: str = "INFO"
     metrics_port: int | None = None  # None: no metrics endpoint
     metrics_host: str = "0.0.0.0"
     tracing: str = "off"

@@ -4,8 +4,10 @@ Every line logged while a task runs names that task, whichever logger wrote it: 
 from Celery's current-task stack, which is per thread and so per greenlet under gevent. Secrets
 are masked in the final text of every line, whatever put them there: passwords in URLs,
 ``Authorization`` values, password / token / secret fields, Standard Webhooks secrets and PEM
-private keys. Request and response bodies never reach INFO: Celery's line for a finished task
-shows the result's size and keys instead of the result.
+private keys, AWS secret keys and session tokens. Request and response bodies never reach INFO:
+Celery's line for a finished task shows the result's size and keys instead of the result. The
+libraries that log whole requests and replies at DEBUG (botocore logs the STS reply, temporary
+credentials included) stay at INFO unless ``worker.library_log_level`` asks for more.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 
 from forwarder.config.masking import mask_secrets
 
-__all__ = ["configure"]
+__all__ = ["LIBRARY_LOGGERS", "configure"]
+
+LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def _task_context() -> dict[str, str]:
@@ -106,10 +110,11 @@ class TextFormatter(logging.Formatter):
         return mask_secrets(text)
 
 
-def configure(level: str, fmt: str, queue: str | None = None) -> None:
+def configure(level: str, fmt: str, queue: str | None = None, library_level: str = "INFO") -> None:
     """One handler on the root logger, to stderr, in ``fmt`` (json or text).
 
     ``queue``: the queue a worker consumes, named on the lines about a task that do not say.
+    ``library_level``: the lowest level of ``LIBRARY_LOGGERS``' lines (never below ``level``).
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -119,3 +124,8 @@ def configure(level: str, fmt: str, queue: str | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    libraries = max(
+        logging.getLevelNamesMapping()[level], logging.getLevelNamesMapping()[library_level]
+    )
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(libraries)

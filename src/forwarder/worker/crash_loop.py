@@ -12,9 +12,11 @@ the marker and the count in one ``mget`` and write the count back.
 
 The delivery after ``max_deliveries`` is not forwarded: a copy of the task (name, args, kwargs,
 id, trace headers; plain JSON) goes to the dead-letter queue on the same broker, and the task ends
-FAILURE with ``DeadLettered``. ``forwarder dead-letter list`` reads that queue without consuming
-it; ``replay`` sends tasks back to their queue with their count reset and their FAILURE
-forgotten, and removes them from the dead-letter queue.
+FAILURE with ``DeadLettered``. A task whose id cannot name a stored result (``/`` in it, say) is
+copied there too, with the ``reason``, before anything is stored or forwarded: nothing could hold
+its FAILURE. ``forwarder dead-letter list`` reads that queue without consuming it; ``replay``
+sends tasks back to their queue with their count reset and their FAILURE forgotten, and removes
+them from the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from forwarder.config.masking import masked_request
 from forwarder.errors import DeadLettered
 from forwarder.protocol import TRACE_KEYS
 
@@ -42,6 +45,7 @@ class DeadLetter:
     deliveries: int
     dead_lettered_at: float  # UTC epoch seconds
     trace: dict[str, str] = field(default_factory=dict)
+    reason: str = ""  # why it is here, when not a crash loop
 
     @classmethod
     def from_body(cls, body: Any) -> DeadLetter:
@@ -56,7 +60,11 @@ class DeadLetter:
             "deliveries": int,
             "dead_lettered_at": (int, float),
             "trace": dict,
+            "reason": str,
         }
+        # ``reason`` is newer than the other fields: a letter written before it has none.
+        if isinstance(body, dict) and "reason" not in body:
+            body = {**body, "reason": ""}
         if not isinstance(body, dict) or set(body) != set(types):
             raise ValueError("not a dead letter")
         for name, kind in types.items():
@@ -67,8 +75,9 @@ class DeadLetter:
     def as_body(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self, *, show_payload: bool = False) -> dict[str, Any]:
-        """What ``dead-letter list`` prints: no user data unless asked for."""
+    def summary(self, *, show_payload: bool = False, show_secrets: bool = False) -> dict[str, Any]:
+        """What ``dead-letter list`` prints: no user data unless asked for, and the payload's
+        callback credentials masked unless those are asked for too."""
         payload = self.args[0] if self.args else None
         shown: dict[str, Any] = {
             "task_id": self.task_id,
@@ -82,8 +91,13 @@ class DeadLetter:
             "payload_keys": sorted(payload) if isinstance(payload, dict) else None,
             "kwargs_keys": sorted(self.kwargs),
         }
+        if self.reason:
+            shown["reason"] = self.reason
         if show_payload:
-            shown.update(args=self.args, kwargs=self.kwargs)
+            args = self.args
+            if args and not show_secrets:
+                args = [masked_request(payload), *args[1:]]
+            shown.update(args=args, kwargs=self.kwargs)
         return shown
 
 
@@ -99,25 +113,34 @@ class CrashLoopGuard:
         """None while under the cap; past it, the copy is sent and the error returned."""
         if deliveries <= self.max_deliveries:
             return None
+        message = (
+            f"dead-lettered after {deliveries - 1} deliveries that did not finish "
+            f"(max_deliveries={self.max_deliveries}); not forwarded again"
+        )
+        failed = self.send(task, deliveries - 1)
+        if failed:
+            # Ending it anyway: forwarding again could kill another worker.
+            return DeadLettered(f"{message}; {failed} and it cannot be replayed")
+        return DeadLettered(f"{message}; copied to {self.dead_letter_queue}")
+
+    def send(self, task: Any, deliveries: int, reason: str = "") -> str | None:
+        """Copy the task being delivered to the dead-letter queue; None, or why it failed."""
         request = task.request
         letter = DeadLetter(
-            task_id=request.id,
+            task_id=str(request.id),
             task=task.name,
             queue=self.queue,
             args=list(request.args or ()),
             kwargs=dict(request.kwargs or {}),
             retries=int(request.retries or 0),
-            deliveries=deliveries - 1,
+            deliveries=deliveries,
             dead_lettered_at=time.time(),
             trace={
                 key: value
                 for key in TRACE_KEYS
                 if isinstance(value := getattr(request, key, None), str)
             },
-        )
-        message = (
-            f"dead-lettered after {letter.deliveries} deliveries that did not finish "
-            f"(max_deliveries={self.max_deliveries}); not forwarded again"
+            reason=reason,
         )
         try:
             with task.app.producer_or_acquire() as producer:
@@ -129,9 +152,5 @@ class CrashLoopGuard:
                     retry=True,
                 )
         except Exception as exc:
-            # Ending it anyway: forwarding again could kill another worker.
-            return DeadLettered(
-                f"{message}; its copy to {self.dead_letter_queue} failed "
-                f"({type(exc).__name__}: {exc}) and it cannot be replayed"
-            )
-        return DeadLettered(f"{message}; copied to {self.dead_letter_queue}")
+            return f"its copy to {self.dead_letter_queue} failed ({type(exc).__name__}: {exc})"
+        return None

@@ -2,6 +2,8 @@
 
 ``run`` takes a delivery through, in order:
 
+0. its id: one that cannot name a stored result (``/`` in it) is refused, copied to the
+   dead-letter queue with the reason and acknowledged, before anything is stored or forwarded;
 1. arrival: its wait in the queue is measured; extra positional arguments are ignored;
 2. trace context: ``traceparent`` / ``tracestate`` from its kwargs or its message headers;
 3. limits: ``ttl_seconds``, ``timeout_seconds``, ``submitted_at`` from its kwargs (a bad one fails
@@ -32,13 +34,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from forwarder.errors import ModelServerUnavailable, TaskStopped
 from forwarder.hooks import HookRunner, TaskOutcome
 from forwarder.observability.metrics import recorder
 from forwarder.observability.tracing import model_call_span, pop_trace_context
-from forwarder.protocol import SUCCESS
+from forwarder.protocol import SUCCESS, task_id_problem
 from forwarder.worker.admission import admit
 from forwarder.worker.cancel_watch import CancelWatch
 from forwarder.worker.crash_loop import CrashLoopGuard
@@ -105,6 +107,9 @@ class TaskLifecycle:
     ) -> Any:
         """The task's body: the model's shaped reply, or an error Celery stores as FAILURE."""
         request = task.request
+        problem = task_id_problem(request.id)
+        if problem is not None:
+            self.refuse(task, problem)
         if extra_args:
             log.warning(
                 "task %s: ignoring %d extra positional argument(s)", request.id, len(extra_args)
@@ -142,6 +147,17 @@ class TaskLifecycle:
         finally:
             metrics.model_call(self.queue, time.perf_counter() - started)
             metrics.in_flight(self.queue, -1)
+
+    def refuse(self, task: Any, problem: str) -> NoReturn:
+        """Dead-letter a delivery nothing can be stored for, and acknowledge it; never lose it."""
+        failed = self.crash_loop.send(task, 1, reason=problem)
+        if failed:
+            log.error("task refused: %s; %s: requeued", problem, failed)
+            # Back on the queue rather than acknowledged with no copy anywhere.
+            raise Reject(problem, requeue=True)
+        log.error("task refused: %s; copied to %s", problem, self.crash_loop.dead_letter_queue)
+        recorder().task_finished(self.queue, "refused")
+        raise Ignore()
 
     def stop(self, task: Any, error: TaskStopped) -> NoReturn:
         """End the task with ``error``'s state, and have Celery acknowledge its message."""

@@ -4,6 +4,15 @@ beside the results, a delivery's admission and the stopped states.
 The worker and the client ask a backend only through these methods (and Celery's public ones):
 which backend it is never matters to them. The key/value implementation here serves every
 backend (file, S3) as it is; the Redis backend replaces ``_read_admission`` with one script.
+
+A cancel and an admission may race: the worker reads no marker, the client puts its marker down,
+reads PENDING and stores CANCELED, and the worker's STARTED would then land over it. So STARTED
+and a cancel's CANCELED are both stored by ``_set_if_unchanged``, a compare-and-set on the stored
+value: each is written only over what its writer read, and the loser reads again (STARTED finds
+CANCELED and the task ends there; CANCELED finds STARTED and leaves it to the worker's watcher).
+The file backend compares under a lock; S3 with a conditional put (``If-Match`` the ETag read,
+or ``If-None-Match: *``); on Redis the admission script reads the marker and stores STARTED
+atomically, so the plain read-then-set here is enough.
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import states
+from celery.exceptions import BackendStoreError
 
-from forwarder.protocol import cancel_key_name, deliveries_key_name
+from forwarder.protocol import CANCELED, cancel_key_name, deliveries_key_name
 
 __all__ = [
     "Admission",
@@ -24,6 +34,10 @@ __all__ = [
     "StartingTask",
     "error_payload",
 ]
+
+# Compare-and-set rounds before giving up: only a cancel and an admission write the same result
+# at once, so a second round always settles it.
+SET_ATTEMPTS = 5
 
 
 def error_payload(exc: BaseException) -> dict[str, str]:
@@ -100,9 +114,66 @@ class ForwarderBackendMixin(ErrorPayloadMixin):
             and admission.may_start(starting.max_deliveries)
             and not admission.started_stored
         ):
-            self.store_result(task_id, starting.result, states.STARTED, request=starting.request)
-            admission = replace(admission, started_stored=True)
+            started = self._store_started(task_id, starting)
+            admission = replace(admission, started_stored=started, canceled=not started)
         return admission
+
+    def cancel_unless_running(self: Any, task_id: str, error: Any, not_running: Any) -> None:
+        """Store ``error`` (CANCELED) if the stored state is one of ``not_running``, atomically."""
+        value = self.encoded_meta(task_id, self.prepare_exception(error), error.state)
+        for _ in range(SET_ATTEMPTS):
+            current = self.get(self.get_key_for_task(task_id))
+            if self._stored_status(current) not in not_running:
+                return
+            if self._set_if_unchanged(self.get_key_for_task(task_id), current, value):
+                return
+        raise BackendStoreError(
+            "the stored state kept changing", state=error.state, task_id=task_id
+        )
+
+    def _store_started(self: Any, task_id: str, starting: StartingTask) -> bool:
+        """Store STARTED unless CANCELED is stored; False when it is."""
+        key = self.get_key_for_task(task_id)
+        value = self.encoded_meta(
+            task_id, starting.result, states.STARTED, request=starting.request
+        )
+        for _ in range(SET_ATTEMPTS):
+            current = self.get(key)
+            status = self._stored_status(current)
+            if status == CANCELED:
+                return False
+            # As Celery's own store: a SUCCESS is never overwritten (a duplicate delivery).
+            if status == states.SUCCESS or self._set_if_unchanged(key, current, value):
+                return True
+        raise BackendStoreError(
+            "the stored state kept changing", state=states.STARTED, task_id=task_id
+        )
+
+    def encoded_meta(
+        self: Any, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None
+    ) -> Any:
+        """The value Celery would store for this state, encoded."""
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = task_id
+        return self.encode(meta)
+
+    def _stored_status(self: Any, raw: Any) -> str:
+        if raw is None:
+            return str(states.PENDING)
+        meta = self.decode(raw)
+        return str(meta.get("status", states.PENDING)) if isinstance(meta, dict) else states.PENDING
+
+    def _set_if_unchanged(self: Any, key: Any, expected: Any, value: Any) -> bool:
+        """Set ``key`` to ``value`` if it still holds ``expected`` (None: absent); True if set.
+
+        Not atomic here: a backend where a cancel can race an admission overrides it.
+        """
+        if self.get(key) != expected:
+            return False
+        self.set(key, value)
+        return True
 
     def _read_admission(
         self: Any, task_id: str, retries: int, starting: StartingTask | None

@@ -14,6 +14,10 @@ Permissions: readers need ``s3:GetObject`` and ``s3:ListBucket``; the worker als
 The layout is that of Celery's own S3 backend, so a plain Celery client reads the results with
 ``result_backend="s3"``, ``s3_bucket="BUCKET"``, ``s3_base_path="PREFIX/"`` (the trailing slash
 matters: Celery joins it to the key as is) and, off AWS, ``s3_endpoint_url``.
+
+STARTED and a cancel's CANCELED are conditional puts (``If-Match`` the ETag read, or
+``If-None-Match: *`` where there was no object), so neither lands over a write it did not see
+(S3 has honoured both since 2024; a store without them would need a lock of its own).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = ["S3Backend"]
 # botocore's default pool of 10 connections would turn away the extra greenlets of a larger
 # gevent worker (each discarded connection logs a warning); prefork children use one each.
 MIN_POOL_CONNECTIONS = 10
+_LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 def _boto3() -> Any:
@@ -73,19 +78,38 @@ class S3Backend(ForwarderBackendMixin, KeyValueStoreBackend):  # type: ignore[mi
         return self.location.prefix + (key.decode() if isinstance(key, bytes) else key)
 
     def get(self, key: str | bytes) -> bytes | None:
+        return self._get_versioned(key)[0]
+
+    def _get_versioned(self, key: str | bytes) -> tuple[bytes | None, str | None]:
+        """The object's body and ETag; ``(None, None)`` when there is none."""
         client = self.client
         try:
             reply = client.get_object(Bucket=self.location.bucket, Key=self._object_key(key))
         except client.exceptions.NoSuchKey:
-            return None
+            return None, None
         body: bytes = reply["Body"].read()
-        return body
+        return body, reply.get("ETag")
 
     def mget(self, keys: list[str | bytes]) -> list[bytes | None]:
         # S3 has no multi-get: one GET per key (the cancel watcher reads one per running task).
         return [self.get(key) for key in keys]
 
-    def set(self, key: str | bytes, value: str | bytes) -> None:
+    def _set_if_unchanged(self, key: str | bytes, expected: bytes | None, value: Any) -> bool:
+        current, etag = self._get_versioned(key)
+        if current != expected:
+            return False
+        condition = {"IfNoneMatch": "*"} if current is None else {"IfMatch": str(etag)}
+        client = self.client
+        try:
+            self.set(key, value, **condition)
+        except client.exceptions.ClientError as exc:
+            # 412: another write came first; 409: one is under way (S3 asks for a retry).
+            if exc.response.get("Error", {}).get("Code") in _LOST_RACE:
+                return False
+            raise
+        return True
+
+    def set(self, key: str | bytes, value: str | bytes, **condition: str) -> None:
         options = {"ChecksumAlgorithm": "SHA256"} if self.location.checksum == "sha256" else {}
         self.client.put_object(
             Bucket=self.location.bucket,
@@ -93,6 +117,7 @@ class S3Backend(ForwarderBackendMixin, KeyValueStoreBackend):  # type: ignore[mi
             Body=value,
             ContentType=self.content_type,
             **options,
+            **condition,
         )
 
     def delete(self, key: str | bytes) -> None:
