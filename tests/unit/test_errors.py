@@ -23,6 +23,7 @@ from forwarder.errors import (
     ForwarderError,
     HookError,
     ModelResponseError,
+    ModelResponseTooLarge,
     ModelServerError,
     ModelServerTimeout,
     ModelServerUnavailable,
@@ -69,6 +70,7 @@ def test_every_error_class_is_listed() -> None:
         "GatewayError",
         "HookError",
         "ModelResponseError",
+        "ModelResponseTooLarge",
         "ModelServerError",
         "ModelServerTimeout",
         "ModelServerUnavailable",
@@ -95,6 +97,7 @@ def test_hierarchy() -> None:
     for cls in (ModelServerUnavailable, ModelServerTimeout, ModelResponseError):
         assert cls.__bases__ == (ModelServerError,)
     assert TaskWaitTimeout.__bases__ == (ClientError,)
+    assert ModelResponseTooLarge.__bases__ == (ModelResponseError,)
     for cls in (TaskExpired, TaskDeadlineExceeded, TaskCanceled, DeadLettered):
         assert cls.__bases__ == (TaskStopped,)
     # The final state each one is stored as: a dead-lettered task is a plain FAILURE.

@@ -159,6 +159,8 @@ SETTINGS: tuple[Setting, ...] = (
         help="VISIBILITY_1M, VISIBILITY_10M, VISIBILITY_1H or VISIBILITY_24H", commands=_WORKER),
     Setting(WORKER, "model_timeout_seconds", p.positive_number),
     Setting(WORKER, "connect_timeout_seconds", p.positive_number),
+    Setting(WORKER, "max_response_bytes", p.positive_int,
+        env=("FORWARDER_MAX_RESPONSE_BYTES",)),
     Setting(WORKER, "model_retries", p.non_negative_int),
     Setting(WORKER, "retry_backoff_max_seconds", p.positive_number),
     Setting(WORKER, "readiness_timeout_seconds", p.non_negative_number),

@@ -43,6 +43,7 @@ def build_forwarder(settings: Settings) -> Forwarder:
         connect_timeout=worker.connect_timeout_seconds,
         read_timeout=worker.model_timeout_seconds,
         pool_size=max(worker.concurrency, 10),
+        max_response_bytes=worker.max_response_bytes,
     )
 
 

@@ -15,7 +15,7 @@ import certifi
 import requests
 import urllib3
 
-from forwarder.config.settings import ModelServerSettings
+from forwarder.config.settings import ModelServerSettings, WorkerSettings
 from forwarder.errors import (
     ModelResponseError,
     ModelServerTimeout,
@@ -23,6 +23,7 @@ from forwarder.errors import (
     PayloadError,
 )
 from forwarder.process_local import ProcessLocal
+from forwarder.worker.replies import BoundedReader, reading
 
 __all__ = ["Forwarder", "unwrap_payload", "wrap_response"]
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 SERIALIZE_KEY = "serialize_results_as_string"
 _REPLY_EXCERPT = 200
 READINESS_READ_TIMEOUT = 10.0
+DEFAULT_MAX_RESPONSE_BYTES = WorkerSettings.max_response_bytes
 
 
 def unwrap_payload(payload: Mapping[str, Any], model: ModelServerSettings) -> tuple[Any, bool]:
@@ -99,8 +101,10 @@ class Forwarder:
         connect_timeout: float,
         read_timeout: float,
         pool_size: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.model = model
+        self.max_response_bytes = max_response_bytes
         self.timeout = (connect_timeout, read_timeout)
         self.pool_size = pool_size
         # A pool inherited through fork shares its sockets with the parent: each builds its own.
@@ -142,6 +146,7 @@ class Forwarder:
                 url,
                 body=data,
                 headers={"Content-Type": "application/json", **(headers or {})},
+                preload_content=False,
             )
         except urllib3.exceptions.ReadTimeoutError:
             raise self._timed_out(url) from None
@@ -150,14 +155,16 @@ class Forwarder:
             raise ModelServerUnavailable(
                 f"cannot connect to model server at {url}: {exc}"
             ) from None
+        with reading(reply, url, self.timeout[1]):
+            body_bytes = BoundedReader(reply, url, self.max_response_bytes).read()
         try:
-            response = json.loads(reply.data)
+            response = json.loads(body_bytes)
         except ValueError:
-            excerpt = reply.data[:_REPLY_EXCERPT].decode("utf-8", "replace")
+            excerpt = body_bytes[:_REPLY_EXCERPT].decode("utf-8", "replace")
             raise ModelResponseError(
                 f"model server at {url} replied HTTP {reply.status} with a body that is not "
                 f"JSON ({reply.headers.get('Content-Type', 'no content type')}, "
-                f"{len(reply.data)} bytes): {excerpt!r}"
+                f"{len(body_bytes)} bytes): {excerpt!r}"
             ) from None
         return wrap_response(response, reply.status, self.model, serialize_as_string)
 
