@@ -161,6 +161,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(WORKER, "connect_timeout_seconds", p.positive_number),
     Setting(WORKER, "max_response_bytes", p.positive_int,
         env=("FORWARDER_MAX_RESPONSE_BYTES",)),
+    Setting(WORKER, "events_max_length", p.positive_int),
     Setting(WORKER, "model_retries", p.non_negative_int),
     Setting(WORKER, "retry_backoff_max_seconds", p.positive_number),
     Setting(WORKER, "readiness_timeout_seconds", p.non_negative_number),

@@ -19,6 +19,7 @@ from forwarder.celery_ext.brokers import broker_config, celery_app
 from forwarder.config.masking import mask_url
 from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError, ForwarderError
+from forwarder.events import event_log_for
 from forwarder.hooks import HookRunner, build_hooks
 from forwarder.observability.metrics import enable as enable_metrics
 from forwarder.observability.tracing import enable_spans
@@ -30,6 +31,7 @@ from forwarder.worker.gevent_switch import check_gevent_patched
 from forwarder.worker.interrupts import interrupter_for
 from forwarder.worker.lifecycle import Outcome, TaskLifecycle
 from forwarder.worker.retry import RetryPolicy
+from forwarder.worker.task_events import TaskEvents
 
 __all__ = ["LifecycleTask", "build_forwarder", "build_lifecycle", "create_worker_app", "run_worker"]
 
@@ -82,6 +84,7 @@ def build_lifecycle(
         ),
         retry=RetryPolicy(worker.model_retries, worker.retry_backoff_max_seconds, worker.queue),
         hooks=hooks,
+        events=TaskEvents(lambda: event_log_for(app.backend, worker.events_max_length)),
     )
 
 

@@ -22,8 +22,10 @@ from forwarder.errors import (
     ModelServerUnavailable,
     PayloadError,
 )
+from forwarder.events import EventWriter
 from forwarder.process_local import ProcessLocal
 from forwarder.worker.replies import BoundedReader, reading
+from forwarder.worker.streaming import StreamReader, stream_kind
 
 __all__ = ["Forwarder", "unwrap_payload", "wrap_response"]
 
@@ -131,7 +133,13 @@ class Forwarder:
             return urllib3.ProxyManager(proxy, **options)
         return urllib3.PoolManager(**options)
 
-    def __call__(self, payload: object, headers: Mapping[str, str] | None = None) -> Any:
+    def __call__(
+        self,
+        payload: object,
+        headers: Mapping[str, str] | None = None,
+        events: EventWriter | None = None,
+    ) -> Any:
+        """The shaped reply; a streamed reply's pieces go to ``events`` as they arrive."""
         if not isinstance(payload, Mapping):
             raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
         body, serialize_as_string = unwrap_payload(payload, self.model)
@@ -156,7 +164,12 @@ class Forwarder:
                 f"cannot connect to model server at {url}: {exc}"
             ) from None
         with reading(reply, url, self.timeout[1]):
-            body_bytes = BoundedReader(reply, url, self.max_response_bytes).read()
+            reader = BoundedReader(reply, url, self.max_response_bytes)
+            kind = stream_kind(reply.headers.get("Content-Type"))
+            if kind is not None:
+                streamed = self._read_stream(reader, kind, events)
+                return wrap_response(streamed, reply.status, self.model, serialize_as_string)
+            body_bytes = reader.read()
         try:
             response = json.loads(body_bytes)
         except ValueError:
@@ -167,6 +180,19 @@ class Forwarder:
                 f"{len(body_bytes)} bytes): {excerpt!r}"
             ) from None
         return wrap_response(response, reply.status, self.model, serialize_as_string)
+
+    def _read_stream(self, reader: BoundedReader, kind: str, events: EventWriter | None) -> Any:
+        stream = StreamReader(kind, events)
+        try:
+            return stream.read(reader.chunks())
+        except urllib3.exceptions.ProtocolError as exc:
+            if not stream.assembler.chunks:
+                raise
+            # Not retried: the chunks already recorded would be recorded again.
+            raise ModelResponseError(
+                f"model server at {reader.url} broke off its stream after "
+                f"{len(stream.assembler.chunks)} chunks: {exc}"
+            ) from None
 
     def _timed_out(self, url: str) -> ModelServerTimeout:
         return ModelServerTimeout(

@@ -1,0 +1,166 @@
+"""A task streamed from a real SSE model server (FastAPI's StreamingResponse under uvicorn), in
+both pools: its event log read live, mid-stream and after a reconnect, each event exactly once
+and in order, the stored result the assembled stream; cancel and deadline stop the stream and
+end the log with their state. Redis Streams and the embedded default's files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwarder.client.broker import ForwarderClient
+from forwarder.devtools.localrun import Child
+from forwarder.events import Event
+from support.processes import Processes
+from support.waiting import wait_for
+
+pytestmark = [pytest.mark.integration]
+
+POOLS = ["prefork", "gevent"]
+SERVER = Path(__file__).with_name("sse_model_server.py")
+CHAT_ROUTES = [
+    "forwarder.async.predict_route=/v1/chat/completions",
+    "forwarder.async.healthcheck_route=/health",
+]
+
+
+@pytest.fixture
+def sse_port(tmp_path: Path) -> Iterator[int]:
+    child = Child([sys.executable, str(SERVER)], tmp_path / "sse.log")
+    try:
+        match = child.wait_for(r"listening on http://127\.0\.0\.1:(\d+)", timeout=30)
+        yield int(match.group(1))
+    except RuntimeError as exc:
+        pytest.fail(f"SSE model server did not start: {exc}")
+    finally:
+        child.kill()
+
+
+def expected_chat(tokens: int) -> dict[str, Any]:
+    text = "".join(f"tok{n} " for n in range(tokens))
+    usage = {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1}
+    return {
+        "id": "chatcmpl-1",
+        "created": 1,
+        "model": "streamer",
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": usage,
+    }
+
+
+def read_in_thread(client: ForwarderClient, task_id: str) -> tuple[threading.Thread, list[Event]]:
+    seen: list[Event] = []
+
+    def read() -> None:
+        seen.extend(client.events(task_id, timeout=60))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+def read_with_a_reconnect(client: ForwarderClient, task_id: str, first: int) -> list[Event]:
+    """``first`` events, then a new reader from the last one's id (as Last-Event-ID resumes)."""
+    seen: list[Event] = []
+    reader = client.events(task_id, timeout=60)
+    for event in reader:
+        seen.append(event)
+        if len(seen) == first:
+            break
+    reader.close()
+    seen.extend(client.events(task_id, after=seen[-1].id, timeout=60))
+    return seen
+
+
+def check_log(events: list[Event], tokens: int, status: str) -> list[str]:
+    """The log's chunk texts; fails unless ids are unique and it ends with ``status``."""
+    ids = [event.id for event in events]
+    assert len(set(ids)) == len(ids), ids
+    assert [e.kind for e in events].count("state") == 1 and events[-1].kind == "state"
+    assert json.loads(events[-1].data)["status"] == status, events[-1]
+    chunks = [json.loads(e.data) for e in events if e.kind == "chunk"]
+    return [c["choices"][0]["delta"].get("content", "") for c in chunks]
+
+
+def streaming_worker(procs: Processes, port: int, pool: str, **options: Any) -> ForwarderClient:
+    procs.worker(model_port=port, pool=pool, queue="stream", sets=CHAT_ROUTES, **options)
+    flags = {k: v for k, v in options.items() if k in ("broker_url", "data_dir")}
+    return procs.client(queue="stream", **flags)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("pool", POOLS)
+def test_readers_mid_stream_and_after_a_reconnect_see_every_event_once(
+    pool: str, procs: Processes, redis_url: str, sse_port: int
+) -> None:
+    client = streaming_worker(procs, sse_port, pool, broker_url=redis_url)
+    tokens = 40
+    task_id = client.submit({"args": {"tokens": tokens, "delay": 0.05}})
+    log = client.events(task_id, timeout=30)
+    first = next(log)  # the stream has begun: both readers attach mid-stream
+    log.close()
+    assert first.kind == "chunk"
+    thread, live = read_in_thread(client, task_id)
+    resumed = read_with_a_reconnect(client, task_id, first=7)
+    thread.join(60)
+
+    assert [e.id for e in live] == [e.id for e in resumed]
+    assert live == resumed
+    texts = check_log(live, tokens, "SUCCESS")
+    assert texts == [f"tok{n} " for n in range(tokens)] + [""]
+    progress = [json.loads(e.data) for e in live if e.kind == "progress"]
+    assert progress == [{"done": n} for n in (10, 20, 30)]
+    result = client.wait(task_id, timeout=10)
+    assert result.result == {"result": json.dumps(expected_chat(tokens)), "status_code": 200}
+    # A reader that comes after the end reads the same whole log.
+    assert list(client.events(task_id, timeout=10)) == live
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_deadline_and_a_cancel_stop_the_stream_and_end_the_log(
+    pool: str, procs: Processes, redis_url: str, sse_port: int
+) -> None:
+    client = streaming_worker(procs, sse_port, pool, broker_url=redis_url, concurrency=2)
+    timed = client.submit({"args": {"tokens": 200, "delay": 0.02}}, timeout_seconds=1.5)
+    canceled = client.submit({"args": {"tokens": 200, "delay": 0.02}})
+    reader = client.events(canceled, timeout=30)
+    for _ in range(5):
+        next(reader)
+    assert client.cancel(canceled).status in ("STARTED", "CANCELED")
+
+    for task_id, status in ((timed, "TIMEOUT"), (canceled, "CANCELED")):
+        assert client.wait(task_id, timeout=20).status == status
+        events = list(client.events(task_id, timeout=20))
+        texts = check_log(events, 200, status)
+        assert 5 <= len(texts) < 200, f"{task_id}: {len(texts)} chunks"
+        assert texts == [f"tok{n} " for n in range(len(texts))]
+    rest = list(reader)
+    assert json.loads(rest[-1].data)["status"] == "CANCELED"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("pool", POOLS)
+def test_the_embedded_default_keeps_the_log_in_files(
+    pool: str, procs: Processes, tmp_path: Path, sse_port: int
+) -> None:
+    data_dir = tmp_path / "data"
+    client = streaming_worker(procs, sse_port, pool, data_dir=data_dir)
+    task_id = client.submit({"args": {"tokens": 30, "delay": 0.03}})
+    wait_for(lambda: client.get(task_id).status == "STARTED", 20, "not started")
+    resumed = read_with_a_reconnect(client, task_id, first=4)
+    assert [e.id for e in resumed] == [str(n) for n in range(1, len(resumed) + 1)]
+    assert check_log(resumed, 30, "SUCCESS") == [f"tok{n} " for n in range(30)] + [""]
+    stored = client.wait(task_id, timeout=10).result
+    assert stored == {"result": json.dumps(expected_chat(30)), "status_code": 200}
+    assert list(client.events(task_id, timeout=10)) == resumed
