@@ -7,6 +7,7 @@ end the log with their state. Redis Streams and the embedded default's files.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -14,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from forwarder.client.broker import ForwarderClient
-from forwarder.devtools.localrun import Child
+from forwarder.client.gateway import GatewayClient
+from forwarder.devtools.localrun import Child, environment
 from forwarder.events import Event
+from forwarder.events.sse import sse_fields
 from support.processes import Processes
 from support.waiting import wait_for
 
@@ -164,3 +168,56 @@ def test_the_embedded_default_keeps_the_log_in_files(
     stored = client.wait(task_id, timeout=10).result
     assert stored == {"result": json.dumps(expected_chat(30)), "status_code": 200}
     assert list(client.events(task_id, timeout=10)) == resumed
+
+
+TOKEN = "stream-token-0123456789abcdef"
+
+
+def raw_sse(url: str, headers: dict[str, str], stop_after: int | None = None) -> list[Event]:
+    """Events as an EventSource reads them off the wire, up to ``stop_after`` of them."""
+    seen: list[Event] = []
+    with requests.get(url, headers=headers, stream=True, timeout=(5, 30)) as reply:
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["Content-Type"].startswith("text/event-stream")
+        for event_id, kind, data in sse_fields(reply.iter_content(None)):
+            seen.append(Event(event_id or "", kind, data))
+            if kind == "state" or len(seen) == stop_after:
+                break
+    return seen
+
+
+@pytest.mark.timeout(120)
+def test_the_gateway_serves_the_log_as_sse_resumable_with_last_event_id(
+    procs: Processes, redis_url: str, sse_port: int, tmp_path: Path
+) -> None:
+    client = streaming_worker(procs, sse_port, "gevent", broker_url=redis_url)
+    gateway = procs.gateway(
+        broker_url=redis_url, queue="stream", env={"FORWARDER_GATEWAY_TOKENS": TOKEN}
+    )
+    remote = GatewayClient(gateway.url, TOKEN)
+    task_id = remote.submit({"args": {"tokens": 30, "delay": 0.05}})
+    url = f"{gateway.url}/v1/async-tasks/{task_id}/events"
+    assert requests.get(url, timeout=10).status_code == 401
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    first = raw_sse(url, auth, stop_after=5)
+    rest = raw_sse(url, {**auth, "Last-Event-ID": first[-1].id})
+    resumed = first + rest
+    texts = check_log(resumed, 30, "SUCCESS")
+    assert texts == [f"tok{n} " for n in range(30)] + [""]
+    assert list(remote.events(task_id, timeout=30)) == resumed
+    assert list(client.events(task_id, timeout=30)) == resumed
+    stored = remote.get(task_id).result
+    assert stored == {"result": json.dumps(expected_chat(30)), "status_code": 200}
+
+    watched = subprocess.run(
+        [sys.executable, "-m", "forwarder", "watch", task_id, "--gateway-url", gateway.url],
+        env=environment({"FORWARDER_GATEWAY_TOKEN": TOKEN}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert watched.returncode == 0, watched.stderr
+    printed = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert printed == [event.as_dict() for event in resumed]
+    assert TOKEN not in watched.stdout + watched.stderr

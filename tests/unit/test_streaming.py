@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from forwarder.events.files import FileEventLog
-from forwarder.worker.streaming import StreamReader, sse_events, stream_kind
+from forwarder.events.sse import sse_events
+from forwarder.worker.streaming import StreamReader, stream_kind
 
 
 def pieces(text: str, size: int = 3) -> list[bytes]:

@@ -18,7 +18,7 @@ from celery import Celery, states
 from forwarder.celery_ext.brokers import celery_app
 from forwarder.config.settings import Settings, load_settings
 from forwarder.errors import TaskCanceled, TaskWaitTimeout
-from forwarder.events import Event, event_log_for
+from forwarder.events import Event, EventLog, event_log_for
 from forwarder.events.follow import Follower
 from forwarder.protocol import CANCELED, FINAL_STATES, LIRA_TASK_NAME, STOPPED_STATES
 from forwarder.worker.admission import CANCELED_QUEUED
@@ -173,17 +173,16 @@ class ForwarderClient:
         """Poll until the task is ready; raise ``TaskWaitTimeout`` after ``timeout`` seconds."""
         return wait_for_final(self.get, task_id, timeout, poll)
 
+    def event_log(self) -> EventLog:
+        """The event logs kept beside this client's result backend."""
+        return event_log_for(self.app.backend, self.settings.worker.events_max_length)
+
     def events(
         self, task_id: str, after: str | None = None, *, timeout: float | None = None
     ) -> Iterator[Event]:
         """The task's event log from after the id ``after`` (all of it with None), live, until
         its final ``state`` event; ``TaskWaitTimeout`` if it has not ended within ``timeout``."""
-        follower = Follower(
-            event_log_for(self.app.backend, self.settings.worker.events_max_length),
-            self.get,
-            task_id,
-            after,
-        )
+        follower = Follower(self.event_log(), self.get, task_id, after)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not follower.done:
             events = follower.poll()

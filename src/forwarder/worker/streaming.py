@@ -20,8 +20,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from forwarder.events import CHUNK, PROGRESS, EventWriter
+from forwarder.events.sse import lines, sse_events
 
-__all__ = ["OPENAI_OBJECTS", "Assembler", "StreamReader", "stream_kind"]
+__all__ = ["OPENAI_OBJECTS", "Assembler", "StreamReader", "ndjson_events", "stream_kind"]
 
 _SSE_TYPES = ("text/event-stream",)
 _NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
@@ -40,39 +41,8 @@ def stream_kind(content_type: str | None) -> str | None:
     return None
 
 
-def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """The lines of a byte stream, split on LF (a CR before it dropped), decoded as UTF-8."""
-    rest = b""
-    for chunk in chunks:
-        rest += chunk
-        *complete, rest = rest.split(b"\n")
-        for line in complete:
-            yield line.removesuffix(b"\r").decode("utf-8", "replace")
-    if rest:
-        yield rest.removesuffix(b"\r").decode("utf-8", "replace")
-
-
-def sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
-    """(event name, data) of each SSE event, as the WHATWG parsing rules dispatch them."""
-    name, data = "", list[str]()
-    for line in _lines(chunks):
-        if not line:
-            if data:
-                yield name or "message", "\n".join(data)
-            name, data = "", list[str]()
-            continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            name = value
-    if data:
-        yield name or "message", "\n".join(data)
-
-
 def ndjson_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
-    for line in _lines(chunks):
+    for line in lines(chunks):
         if line.strip():
             yield "message", line
 
