@@ -22,6 +22,7 @@ from forwarder.client.gateway import GatewayClient
 from forwarder.devtools.localrun import Child, environment
 from forwarder.events import Event
 from forwarder.events.sse import sse_fields
+from support.aws import MotoServer
 from support.processes import Processes
 from support.waiting import wait_for
 
@@ -221,3 +222,34 @@ def test_the_gateway_serves_the_log_as_sse_resumable_with_last_event_id(
     printed = [json.loads(line) for line in watched.stdout.splitlines()]
     assert printed == [event.as_dict() for event in resumed]
     assert TOKEN not in watched.stdout + watched.stderr
+
+
+@pytest.mark.timeout(120)
+def test_s3_results_keep_the_log_in_batched_objects(
+    moto_here: MotoServer, procs: Processes, sse_port: int
+) -> None:
+    moto = moto_here
+    queue_url = moto.client("sqs").create_queue(QueueName="stream")["QueueUrl"]
+    moto.client("s3").create_bucket(Bucket="results")
+    flags = {"--sqs-url": queue_url, "--result-backend": "s3://results/tasks"}
+    procs.worker(
+        model_port=sse_port,
+        pool="gevent",
+        queue="stream",
+        sets=CHAT_ROUTES,
+        env=moto.env,
+        extra_args=[item for pair in flags.items() for item in pair],
+    )
+    client = procs.client(queue="stream", extra_flags=flags)
+    task_id = client.submit({"args": {"tokens": 40, "delay": 0.05}})
+    resumed = read_with_a_reconnect(client, task_id, first=3)
+    assert [e.id for e in resumed] == [str(n) for n in range(1, len(resumed) + 1)]
+    assert check_log(resumed, 40, "SUCCESS") == [f"tok{n} " for n in range(40)] + [""]
+    stored = client.wait(task_id, timeout=10).result
+    assert stored == {"result": json.dumps(expected_chat(40)), "status_code": 200}
+    listed = moto.client("s3").list_objects_v2(
+        Bucket="results", Prefix=f"tasks/forwarder-events-{task_id}/"
+    )
+    objects = len(listed["Contents"])
+    # About one object per half second of a two-second stream, never one per event.
+    assert 2 <= objects <= 15, objects

@@ -1,7 +1,7 @@
 """Event logs as Redis Streams, beside the results: one stream per task.
 
-Each event is one ``XADD`` (with ``MAXLEN ~`` bounding the stream) pipelined with an ``EXPIRE``
-to the results' expiry, in one round trip: the stream never outlives its task's result, and a
+Each event is one ``XADD`` (with ``MAXLEN ~`` bounding the stream); the events of up to
+``FLUSH_INTERVAL`` are pipelined with an ``EXPIRE`` to the results' expiry, in one round trip: the stream never outlives its task's result, and a
 model that streams more than ``max_length`` events keeps only about the last ``max_length``.
 The ids are Redis's own (``<ms>-<seq>``); a reader asks for those after an id with ``XRANGE``.
 """
@@ -17,11 +17,16 @@ from forwarder.protocol import events_key_name
 __all__ = ["DEFAULT_MAX_LENGTH", "RedisEventLog"]
 
 DEFAULT_MAX_LENGTH = 10_000
+# Events that come within this many seconds of a write go in the next one, pipelined: one round
+# trip per interval rather than per token, at most this far behind while the model streams.
+FLUSH_INTERVAL = 0.05
 # The most events one read returns; a reader reads again from the last one.
 READ_COUNT = 1_000
 
 
 class RedisEventLog(EventLog):
+    flush_interval = FLUSH_INTERVAL
+
     def __init__(self, backend: Any, max_length: int = DEFAULT_MAX_LENGTH) -> None:
         self.backend = backend
         self.max_length = max_length
