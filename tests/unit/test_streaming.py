@@ -121,3 +121,26 @@ def test_the_file_log_reads_after_an_id_and_numbers_on_after_another_delivery(
     ]
     assert log.read("t1", after="4") == []
     assert log.read("missing") == []
+
+
+def test_events_a_store_refused_are_kept_and_written_next_time(tmp_path: Path) -> None:
+    class Blinking(FileEventLog):
+        refuse = True
+
+        def _write(self, task_id: str, events: list[tuple[str, str]], first: int) -> None:
+            if self.refuse:
+                raise OSError("store down")
+            super()._write(task_id, events, first)
+
+    log = Blinking(tmp_path)
+    writer = log.writer("t")
+    writer.add("chunk", '"a"')
+    assert log.read("t") == []
+    log.refuse = False
+    writer.add("chunk", '"b"')
+    assert writer.finish("SUCCESS", None)
+    assert [(e.id, e.kind) for e in log.read("t")] == [
+        ("1", "chunk"),
+        ("2", "chunk"),
+        ("3", "state"),
+    ]

@@ -15,6 +15,7 @@ them for a backend where a write is costly (S3).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ CHUNK = "chunk"
 PROGRESS = "progress"
 STATE = "state"
 KINDS = (CHUNK, PROGRESS, STATE)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class EventWriter:
         self._next: int | None = None
         self._pending: list[tuple[str, str]] = []
         self._flushed_at = time.monotonic()
+        self._failing = False
 
     def add(self, kind: str, data: str) -> None:
         self._pending.append((kind, data))
@@ -80,17 +84,35 @@ class EventWriter:
         if time.monotonic() - self._flushed_at >= self.log.flush_interval:
             self.flush()
 
-    def finish(self, status: str, error: str | None) -> None:
-        """The final state, after every event before it: the log's last event."""
+    def finish(self, status: str, error: str | None) -> bool:
+        """The final state, after every event before it: the log's last event. False if the
+        log could not be written (a reader then ends the log from the stored state)."""
         self._pending.append((STATE, json.dumps({"status": status, "error": error})))
         self.flush()
+        return not self._pending
 
     def flush(self) -> None:
         self._flushed_at = time.monotonic()
         if not self._pending:
             return
-        if self._next is None:
-            self._next = self.log._next_number(self.task_id)
-        pending, self._pending = self._pending, []
-        self.log._write(self.task_id, pending, self._next)
-        self._next += len(pending)
+        try:
+            if self._next is None:
+                self._next = self.log._next_number(self.task_id)
+            self.log._write(self.task_id, self._pending, self._next)
+        except Exception as exc:
+            # Kept for the next write: a store that blinks delays events, never drops them, and
+            # never fails the model call (the result is stored, or not, through its own path).
+            if not self._failing:
+                log.warning(
+                    "task %s: cannot write %d event(s) to its event log, kept for the next "
+                    "write: %s: %s",
+                    self.task_id,
+                    len(self._pending),
+                    type(exc).__name__,
+                    exc,
+                )
+            self._failing = True
+            return
+        self._failing = False
+        self._next += len(self._pending)
+        self._pending = []

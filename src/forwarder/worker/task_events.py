@@ -3,7 +3,8 @@
 A task's writer is handed to its model call; it writes nothing unless the reply is a stream. A
 task that streamed gets its final state as the last event of its log once the result is stored
 (from the lifecycle's ``finish``), so a reader that sees it can read the result. Writing the log
-is like a hook: a failure is logged and never changes the task's result.
+is like a hook: a failure is logged and never changes the task's result (events a store refused
+are kept for its next write, see ``forwarder.events.base``).
 """
 
 from __future__ import annotations
@@ -38,12 +39,9 @@ class TaskEvents:
         writer = self._writers.pop(task_id, None)
         if writer is None or not writer.count:
             return
-        try:
-            writer.finish(status, error)
-        except Exception as exc:
+        if not writer.finish(status, error):
             log.warning(
-                "task %s: cannot write its final state to its event log: %s: %s",
+                "task %s: its final state is not in its event log; readers end the log from "
+                "the stored state",
                 task_id,
-                type(exc).__name__,
-                exc,
             )
