@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from forwarder.events import Event
 from forwarder.events.files import FileEventLog
+from forwarder.events.follow import END_ID, GRACE, Follower
 from forwarder.events.sse import sse_events
 from forwarder.worker.streaming import StreamReader, stream_kind
 
@@ -144,3 +147,55 @@ def test_events_a_store_refused_are_kept_and_written_next_time(tmp_path: Path) -
         ("2", "chunk"),
         ("3", "state"),
     ]
+
+
+class Stored:
+    def __init__(self, status: str, error: str | None = None) -> None:
+        self.status, self.error = status, error
+
+    @property
+    def ready(self) -> bool:
+        return self.status in ("SUCCESS", "FAILURE", "TIMEOUT", "CANCELED", "EXPIRED")
+
+
+def follow_all(follower: Follower, polls: int = 100) -> list[Event]:
+    seen: list[Event] = []
+    for _ in range(polls):
+        seen += follower.poll()
+        if follower.done:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"not done after {polls} polls: {seen}")
+
+
+def test_a_task_without_a_log_ends_at_once_with_its_stored_state(tmp_path: Path) -> None:
+    state = Stored("PENDING")
+    follower = Follower(FileEventLog(tmp_path), lambda _: state, "t")
+    assert follower.poll() == [] and not follower.done
+    state.status, state.error = "EXPIRED", "waited too long"
+    assert follower.poll() == [
+        Event(END_ID, "state", '{"status": "EXPIRED", "error": "waited too long"}')
+    ]
+    assert follower.done
+
+
+def test_a_log_left_without_its_end_is_ended_from_the_stored_state(tmp_path: Path) -> None:
+    log = FileEventLog(tmp_path)
+    log.writer("t").add("chunk", '"a"')
+    follower = Follower(log, lambda _: Stored("FAILURE", "lost"), "t")
+    started = time.monotonic()
+    events = follow_all(follower)
+    assert time.monotonic() - started >= GRACE
+    assert [(e.id, e.kind) for e in events] == [("1", "chunk"), (END_ID, "state")]
+    resumed = Follower(log, lambda _: Stored("FAILURE", "lost"), "t", after=END_ID)
+    assert [e.id for e in follow_all(resumed)] == [END_ID]
+
+
+def test_a_follower_stops_at_the_final_event(tmp_path: Path) -> None:
+    log = FileEventLog(tmp_path)
+    writer = log.writer("t")
+    writer.add("chunk", '"a"')
+    writer.finish("SUCCESS", None)
+    follower = Follower(log, lambda _: Stored("STARTED"), "t", after="1")
+    assert [(e.id, e.kind) for e in follower.poll()] == [("2", "state")]
+    assert follower.done
