@@ -21,6 +21,7 @@ _EXPORTS = {
     "GatewayError": "forwarder.errors",
     "HookError": "forwarder.errors",
     "ModelResponseError": "forwarder.errors",
+    "ModelResponseTooLarge": "forwarder.errors",
     "ModelServerError": "forwarder.errors",
     "ModelServerTimeout": "forwarder.errors",
     "ModelServerUnavailable": "forwarder.errors",

@@ -6,7 +6,8 @@
      ├── ModelServerError            the model server did not give a usable reply (fails that task)
      │    ├── ModelServerUnavailable   could not connect, after every retry
      │    ├── ModelServerTimeout       connected, but no reply within the timeout
-     │    └── ModelResponseError       replied, but the body is not JSON
+     │    └── ModelResponseError       replied, but the body is not JSON (or not a usable stream)
+     │         └── ModelResponseTooLarge   replied with more than worker.max_response_bytes
      ├── TaskStopped                 the task ended without a model reply, by its limits or a client
      │    ├── TaskExpired              waited in the queue past its ttl_seconds (never forwarded)
      │    ├── TaskDeadlineExceeded     the model call outlived its timeout_seconds (abandoned)
@@ -37,6 +38,7 @@ __all__ = [
     "GatewayError",
     "HookError",
     "ModelResponseError",
+    "ModelResponseTooLarge",
     "ModelServerError",
     "ModelServerTimeout",
     "ModelServerUnavailable",
@@ -93,6 +95,10 @@ class ModelServerTimeout(ModelServerError):
 
 class ModelResponseError(ModelServerError):
     """The model server replied with a body that is not JSON."""
+
+
+class ModelResponseTooLarge(ModelResponseError):
+    """The model server's reply was larger than ``worker.max_response_bytes``; it was not read."""
 
 
 class TaskStopped(ForwarderError):

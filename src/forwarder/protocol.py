@@ -16,6 +16,7 @@ __all__ = [
     "CANCEL_KEY_PREFIX",
     "DEAD_LETTER_SUFFIX",
     "DELIVERIES_KEY_PREFIX",
+    "EVENTS_KEY_PREFIX",
     "EXPIRED",
     "FAILURE",
     "FINAL_STATES",
@@ -33,6 +34,7 @@ __all__ = [
     "TTL_KWARG",
     "cancel_key_name",
     "deliveries_key_name",
+    "events_key_name",
     "task_id_problem",
 ]
 
@@ -60,6 +62,8 @@ FINAL_STATES = frozenset({SUCCESS, FAILURE, *STOPPED_STATES})
 # Keys in the result backend's key/value store, each followed by a task id.
 CANCEL_KEY_PREFIX = "forwarder-cancel-"
 DELIVERIES_KEY_PREFIX = "forwarder-deliveries-"
+# A task's event log: a Redis stream, a JSON-lines file, or a folder of S3 objects.
+EVENTS_KEY_PREFIX = "forwarder-events-"
 # Followed by a hash of the caller's key, in the store beside the results.
 IDEMPOTENCY_KEY_PREFIX = "forwarder-idempotency-"
 # The dead-letter queue's name is the work queue's with this after it (before a FIFO's .fifo);
@@ -90,3 +94,8 @@ def task_id_problem(task_id: object) -> str | None:
         return None
     shown = repr(task_id) if len(repr(task_id)) <= 80 else f"{repr(task_id)[:80]}..."
     return f"task id {shown} is not allowed (allowed: {TASK_ID_ALLOWED})"
+
+
+def events_key_name(task_id: str) -> str:
+    """Where ``task_id``'s event log is kept, beside its result."""
+    return f"{EVENTS_KEY_PREFIX}{task_id}"

@@ -387,3 +387,29 @@ def test_serve_announces_url_and_stops_on_signal(sig: signal.Signals) -> None:
     assert proc.returncode == 0, stderr
     assert stdout == ""
     assert stderr == ""
+
+
+def test_stream_sends_openai_chunks_as_sse_one_token_at_a_time() -> None:
+    import urllib.request
+
+    server = make_server("127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        request = urllib.request.Request(
+            f"{server.url}/predict",
+            data=json.dumps({"stream": 3, "token_delay": 0.01}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.headers["Content-Type"] == "text/event-stream"
+            text = reply.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    datas = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert datas[-1] == "[DONE]"
+    chunks = [json.loads(data) for data in datas[:-1]]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == [
+        "token0 ", "token1 ", "token2 ", None,
+    ]  # fmt: skip
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

@@ -24,6 +24,7 @@ from forwarder.errors import (
     ForwarderError,
     HookError,
     ModelResponseError,
+    ModelResponseTooLarge,
     ModelServerError,
     ModelServerTimeout,
     ModelServerUnavailable,
@@ -71,6 +72,7 @@ def test_every_error_class_is_listed() -> None:
         "GatewayError",
         "HookError",
         "ModelResponseError",
+        "ModelResponseTooLarge",
         "ModelServerError",
         "ModelServerTimeout",
         "ModelServerUnavailable",
@@ -98,6 +100,7 @@ def test_hierarchy() -> None:
     for cls in (ModelServerUnavailable, ModelServerTimeout, ModelResponseError):
         assert cls.__bases__ == (ModelServerError,)
     assert TaskWaitTimeout.__bases__ == (ClientError,)
+    assert ModelResponseTooLarge.__bases__ == (ModelResponseError,)
     for cls in (TaskExpired, TaskDeadlineExceeded, TaskCanceled, DeadLettered):
         assert cls.__bases__ == (TaskStopped,)
     # The final state each one is stored as: a dead-lettered task is a plain FAILURE.

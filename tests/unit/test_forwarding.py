@@ -19,6 +19,7 @@ from forwarder.config.settings import ModelServerSettings
 from forwarder.devtools.echo_server import EchoServer, make_server
 from forwarder.errors import (
     ModelResponseError,
+    ModelResponseTooLarge,
     ModelServerTimeout,
     ModelServerUnavailable,
     PayloadError,
@@ -618,3 +619,49 @@ def test_a_proxy_in_the_environment_is_used(
     assert proxied.proxy is not None and proxied.proxy.host == "proxy.invalid"
     monkeypatch.setenv("NO_PROXY", HOST)
     assert not isinstance(make_forwarder(server.server_port).session(), urllib3.ProxyManager)
+
+
+# ----------------------------------------------------------------------------- max_response_bytes
+
+
+def bounded_forwarder(port: int, limit: int) -> Forwarder:
+    return Forwarder(
+        model_for(port), connect_timeout=2.0, read_timeout=5.0, pool_size=4,
+        max_response_bytes=limit,
+    )  # fmt: skip
+
+
+def test_a_reply_of_unknown_length_past_the_bound_fails_and_the_next_call_works(
+    start_server: Callable[..., EchoServer],
+) -> None:
+    server = start_server()
+    accepted = count_connections(server)
+    forward = bounded_forwarder(server.server_port, 100_000)
+    with pytest.raises(ModelResponseTooLarge) as raised:
+        forward({"args": {"reply_bytes": 5_000_000}})
+    assert str(raised.value).startswith(
+        f"model server at http://{HOST}:{server.server_port}/predict replied with more than "
+        "worker.max_response_bytes=100000 (more than 100000 bytes read)"
+    )
+    # The half-read connection was closed, not handed to the next call.
+    assert forward({"args": {"n": 1}}) == {"result": '{"n": 1}', "status_code": 200}
+    assert len(accepted) == 2
+
+
+def test_a_reply_within_the_bound_is_read_whole(server: EchoServer) -> None:
+    forward = bounded_forwarder(server.server_port, 300_000)
+    reply = forward({"args": {"reply_bytes": 200_000}, "serialize_results_as_string": False})
+    assert reply["result"] == "x" * 199_998
+
+
+def test_an_announced_length_past_the_bound_fails_before_the_body_is_read(
+    raw_server: Callable[[bytes, float], int],
+) -> None:
+    headers = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 900\r\n\r\n"
+    # The body never comes: only the announced length can fail the call in time.
+    port = raw_server(headers, 5.0)
+    forward = bounded_forwarder(port, 500)
+    started = time.monotonic()
+    with pytest.raises(ModelResponseTooLarge, match=r"\(announced 900 bytes\)"):
+        forward({"args": {}})
+    assert time.monotonic() - started < 3.0

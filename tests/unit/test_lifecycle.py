@@ -203,7 +203,7 @@ class Pipeline:
 
 def pipeline(
     store: Store,
-    model_call: Callable[[Any, Mapping[str, str]], Any] | None = None,
+    model_call: Callable[[Any, Mapping[str, str], Any], Any] | None = None,
     *,
     max_deliveries: int = 5,
     retries: int = 2,
@@ -212,7 +212,7 @@ def pipeline(
     interrupter = FakeInterrupter()
     sent: list[tuple[Any, Mapping[str, str]]] = []
 
-    def answer(payload: Any, headers: Mapping[str, str]) -> Any:
+    def answer(payload: Any, headers: Mapping[str, str], events: Any) -> Any:
         sent.append((payload, headers))
         return {"result": "{}", "status_code": 200}
 
@@ -356,7 +356,7 @@ def test_the_delivery_past_the_cap_is_dead_lettered(store: Store, recorded: Metr
 def test_an_interrupted_call_ends_stopped_once(
     store: Store, recorded: Metrics, reason: type[TaskStopped], state: str, message: str
 ) -> None:
-    def interrupted(payload: Any, headers: Mapping[str, str]) -> Any:
+    def interrupted(payload: Any, headers: Mapping[str, str], events: Any) -> Any:
         raise Interrupt(reason)
 
     pipe = pipeline(store, interrupted)
@@ -377,7 +377,7 @@ def test_an_interrupted_call_ends_stopped_once(
 def test_an_unreachable_model_server_sends_the_task_back_then_gives_up(
     store: Store, recorded: Metrics
 ) -> None:
-    def unreachable(payload: Any, headers: Mapping[str, str]) -> Any:
+    def unreachable(payload: Any, headers: Mapping[str, str], events: Any) -> Any:
         raise ModelServerUnavailable("cannot connect to model server at http://m")
 
     pipe = pipeline(store, unreachable, retries=2)

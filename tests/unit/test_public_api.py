@@ -34,6 +34,7 @@ INTENDED = {
     "GatewayError": "forwarder.errors",
     "HookError": "forwarder.errors",
     "ModelResponseError": "forwarder.errors",
+    "ModelResponseTooLarge": "forwarder.errors",
     "ModelServerError": "forwarder.errors",
     "ModelServerTimeout": "forwarder.errors",
     "ModelServerUnavailable": "forwarder.errors",

@@ -1,4 +1,4 @@
-"""``forwarder submit | get | cancel``: tasks, through the broker or a gateway.
+"""``forwarder submit | get | cancel | watch``: tasks, through the broker or a gateway.
 
 Like ``forwarder.cli.commands``, nothing heavy is imported until a command runs.
 """
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from forwarder.client.broker import ForwarderClient, TaskResult
     from forwarder.client.gateway import GatewayClient
 
-__all__ = ["add_commands", "cmd_cancel", "cmd_get", "cmd_submit"]
+__all__ = ["add_commands", "cmd_cancel", "cmd_get", "cmd_submit", "cmd_watch"]
 
 
 def _read_payload(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,6 +181,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print the task's events as JSON lines as they come; exit 0 if it ends SUCCESS."""
+    status = None
+    with _reader(args) as client:
+        for event in client.events(args.task_id, after=args.after, timeout=args.timeout):
+            print(json.dumps(event.as_dict()), flush=True)
+            if event.final:
+                status = json.loads(event.data).get("status")
+    return 0 if status == "SUCCESS" else 1
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit = commands.add_parser("submit", help="submit a task; prints its id")
     add_settings_flags(submit, "tasks")
@@ -212,3 +223,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_settings_flags(cancel, "tasks")
     cancel.add_argument("task_id")
     cancel.set_defaults(run=cmd_cancel)
+
+    watch = commands.add_parser(
+        "watch", help="print a task's events (its streamed chunks, then its state) live"
+    )
+    add_settings_flags(watch, "tasks")
+    watch.add_argument("task_id")
+    watch.add_argument("--after", metavar="EVENT_ID", help="start after this event id")
+    watch.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="give up if it has not ended by then"
+    )
+    watch.set_defaults(run=cmd_watch)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,8 @@ from celery import Celery, states
 from forwarder.celery_ext.brokers import celery_app
 from forwarder.config.settings import Settings, load_settings
 from forwarder.errors import TaskCanceled, TaskWaitTimeout
+from forwarder.events import Event, EventLog, event_log_for
+from forwarder.events.follow import Follower
 from forwarder.protocol import CANCELED, FINAL_STATES, LIRA_TASK_NAME, STOPPED_STATES
 from forwarder.worker.admission import CANCELED_QUEUED
 from forwarder.worker.limits import TaskLimits
@@ -26,6 +28,8 @@ __all__ = ["ForwarderClient", "TaskResult"]
 
 # A task in these states is in no worker's hands: a cancel can store CANCELED at once.
 _NOT_RUNNING = frozenset({states.PENDING, states.RETRY})
+# How often a follower of an event log reads it again while nothing is new.
+EVENTS_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,25 @@ class ForwarderClient:
     def wait(self, task_id: str, timeout: float = 60.0, poll: float = 0.05) -> TaskResult:
         """Poll until the task is ready; raise ``TaskWaitTimeout`` after ``timeout`` seconds."""
         return wait_for_final(self.get, task_id, timeout, poll)
+
+    def event_log(self) -> EventLog:
+        """The event logs kept beside this client's result backend."""
+        return event_log_for(self.app.backend, self.settings.worker.events_max_length)
+
+    def events(
+        self, task_id: str, after: str | None = None, *, timeout: float | None = None
+    ) -> Iterator[Event]:
+        """The task's event log from after the id ``after`` (all of it with None), live, until
+        its final ``state`` event; ``TaskWaitTimeout`` if it has not ended within ``timeout``."""
+        follower = Follower(self.event_log(), self.get, task_id, after)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not follower.done:
+            events = follower.poll()
+            yield from events
+            if not events and not follower.done:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TaskWaitTimeout(f"task {task_id} did not end within {timeout:g} s")
+                time.sleep(EVENTS_POLL_SECONDS)
 
     def close(self) -> None:
         self.app.close()

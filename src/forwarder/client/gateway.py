@@ -7,13 +7,17 @@ model-engine's does), and this client puts it back, so either client's result re
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
 from forwarder.client.broker import TaskResult, wait_for_final
-from forwarder.errors import GatewayError
+from forwarder.errors import GatewayError, TaskWaitTimeout
+from forwarder.events import Event
+from forwarder.events.sse import sse_fields
 
 __all__ = ["GatewayClient"]
 
@@ -83,6 +87,36 @@ class GatewayClient:
     def wait(self, task_id: str, timeout: float = 60.0, poll: float = 0.05) -> TaskResult:
         """Poll until the task is final; raise ``TaskWaitTimeout`` after ``timeout`` seconds."""
         return wait_for_final(self.get, task_id, timeout, poll)
+
+    def events(
+        self, task_id: str, after: str | None = None, *, timeout: float | None = None
+    ) -> Iterator[Event]:
+        """The task's events from the gateway's SSE route, as ``ForwarderClient.events``; a
+        dropped connection resumes from the last id seen (``Last-Event-ID``)."""
+        path = f"/v1/async-tasks/{quote(task_id, safe='')}/events"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            headers = {"Last-Event-ID": after} if after is not None else {}
+            try:
+                with self.session.get(
+                    f"{self.url}{path}", headers=headers, stream=True, timeout=self.timeout
+                ) as reply:
+                    if reply.status_code >= 400:
+                        raise GatewayError(
+                            f"gateway answered {reply.status_code} to GET {path}: {_detail(reply)}",
+                            reply.status_code,
+                        )
+                    for event_id, kind, data in sse_fields(reply.iter_content(None)):
+                        event = Event(event_id or "", kind, data)
+                        yield event
+                        after = event.id
+                        if event.final:
+                            return
+            except requests.RequestException as exc:
+                if deadline is None or time.monotonic() >= deadline:
+                    raise GatewayError(f"gateway {self.url} unreachable: {exc}") from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TaskWaitTimeout(f"task {task_id} did not end within {timeout:g} s")
 
     def close(self) -> None:
         self.session.close()

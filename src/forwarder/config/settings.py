@@ -91,6 +91,10 @@ class WorkerSettings:
     data_dir: Path = field(default_factory=_default_data_dir)
     task_visibility: str = "VISIBILITY_24H"
     model_timeout_seconds: float = 600.0
+    # A reply past this fails its task; a streamed reply counts every byte read.
+    max_response_bytes: int = 16 * 1024 * 1024
+    # A Redis event log keeps about the last this many events of a task.
+    events_max_length: int = 10_000
     connect_timeout_seconds: float = 5.0
     model_retries: int = 20
     retry_backoff_max_seconds: float = 30.0

@@ -1,4 +1,5 @@
-"""``forwarder demo``: the echo model server and a worker on the embedded default, 50 tasks, a table.
+"""``forwarder demo``: the echo model server and a worker on the embedded default, 50 tasks, a table,
+then one task whose model streams, its tokens shown live.
 
 Everything runs from a temporary data folder and is stopped at the end, the worker with the same
 SIGTERM warm shutdown a deployment would use. The logging hook writes a record of every task to
@@ -25,6 +26,7 @@ from forwarder.hooks.sinks import DEFAULT_FILE_NAME
 __all__ = ["run_demo"]
 
 RESULT_TIMEOUT = 120.0
+STREAM_TOKENS = 20
 
 
 def _payload(index: int) -> dict[str, object]:
@@ -61,6 +63,7 @@ def run_demo(
             worker.wait_for(r"ready\.")
             console.print(f"worker ready: pool={pool}, concurrency={concurrency}, embedded broker")
             results, elapsed = _run_tasks(console, data_dir, tasks)
+            streamed = _stream_one(console, data_dir)
         finally:
             worker_code = worker.stop(signal.SIGTERM, timeout=60)
             echo.stop()
@@ -76,7 +79,26 @@ def run_demo(
             f"logging hook: {records} records in {DEFAULT_FILE_NAME}; "
             f"worker stopped with exit status {worker_code}"
         )
-        return 0 if done == tasks == records and worker_code == 0 else 1
+        return 0 if done == tasks == records - 1 and streamed and worker_code == 0 else 1
+
+
+def _stream_one(console: Console, data_dir: Path) -> bool:
+    """One task whose model streams tokens, shown as they arrive; True once it ends SUCCESS."""
+    with ForwarderClient(load_settings(flags={"--data-dir": str(data_dir)})) as client:
+        task_id = client.submit({"args": {"stream": STREAM_TOKENS, "token_delay": 0.1}})
+        console.print(f"streamed task {task_id[:8]}, its tokens as the model sends them:")
+        status = None
+        for event in client.events(task_id, timeout=RESULT_TIMEOUT):
+            data = json.loads(event.data)
+            if event.kind == "chunk":
+                delta = data["choices"][0]["delta"]
+                console.print(delta.get("content", ""), end="", style="cyan")
+            elif event.final:
+                status = data["status"]
+        console.print(
+            f"\n  -> {status}; stored result: {client.get(task_id).result}", soft_wrap=True
+        )
+        return status == "SUCCESS"
 
 
 def _run_tasks(console: Console, data_dir: Path, tasks: int) -> tuple[list[TaskResult], float]:

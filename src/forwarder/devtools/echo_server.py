@@ -1,8 +1,11 @@
 """A tiny HTTP "model server" that echoes JSON back, for demos, integration tests and benchmarks.
 
 ``POST {predict_route}`` echoes the JSON body unchanged; when the body is an object, its control
-keys ``delay`` (extra seconds to sleep), ``status_code`` (reply status) and ``raw_text`` (reply
-with this text as text/plain) shape the reply. ``GET {healthcheck_route}`` reports readiness
+keys ``delay`` (extra seconds to sleep), ``status_code`` (reply status), ``raw_text`` (reply
+with this text as text/plain) and ``reply_bytes`` (reply with a JSON string of that many bytes,
+sent chunked without a length, as a large reply of unknown size comes) shape the reply; with
+``stream`` (a number of tokens) the reply is an OpenAI-style chat stream as SSE, one chunk per
+token ``token_delay`` seconds apart, then ``data: [DONE]``. ``GET {healthcheck_route}`` reports readiness
 once ``ready_after`` seconds have passed, and ``GET /stats`` reports request counters.
 
 Standard library only: it runs as its own process (``python -m forwarder echo-server``), so it
@@ -26,6 +29,7 @@ from typing import Any
 __all__ = ["EchoServer", "make_server", "serve"]
 
 STATS_ROUTE = "/stats"
+LARGE_PIECE = 64 * 1024
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -95,8 +99,15 @@ class _Handler(BaseHTTPRequestHandler):
                 raw_text = payload.get("raw_text")
                 if raw_text is not None and not isinstance(raw_text, str):
                     return self._json(400, {"error": "'raw_text' must be a string"})
+                size = payload.get("reply_bytes")
+                if size is not None and (type(size) is not int or size < 2):
+                    return self._json(400, {"error": "'reply_bytes' must be an int >= 2"})
             if delay > 0:
                 time.sleep(delay)
+            if isinstance(payload, dict) and payload.get("reply_bytes") is not None:
+                return self._send_large(payload["reply_bytes"])
+            if isinstance(payload, dict) and payload.get("stream") is not None:
+                return self._stream(payload)
             if raw_text is not None:
                 return self._send(status, raw_text.encode(), "text/plain; charset=utf-8")
             # The original bytes are the most exact echo: no re-encoding of floats or key order.
@@ -104,6 +115,54 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with srv.lock:
                 srv.in_flight -= 1
+
+    def _send_large(self, size: int) -> None:
+        """A JSON string of ``size`` bytes, chunked: never held whole, here or by the reader."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        piece = b"x" * LARGE_PIECE
+        left = size - 2
+        self._chunk(b'"')
+        while left > 0:
+            self._chunk(piece[: min(left, LARGE_PIECE)])
+            left -= LARGE_PIECE
+        self._chunk(b'"')
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _stream(self, payload: dict[str, Any]) -> None:
+        tokens, pause = payload["stream"], payload.get("token_delay", 0)
+        if type(tokens) is not int or tokens < 0:
+            return self._json(400, {"error": "'stream' must be an int >= 0"})
+        if type(pause) not in (int, float) or not math.isfinite(pause) or pause < 0:
+            return self._json(400, {"error": "'token_delay' must be a finite number >= 0"})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for index in range(tokens + 1):
+            last = index == tokens
+            delta = {} if last else {"content": f"token{index} "}
+            chunk: dict[str, Any] = {
+                "object": "chat.completion.chunk",
+                "model": "echo",
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": "stop" if last else None}
+                ],
+            }
+            if last:
+                chunk["usage"] = {"completion_tokens": tokens}
+            self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+            # Each token leaves at once, as a model's do, not when the write buffer fills.
+            self.wfile.flush()
+            if pause and not last:
+                time.sleep(pause)
+        self._chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _json(self, status: int, obj: object, allow: str | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json", allow)

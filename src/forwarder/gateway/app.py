@@ -6,6 +6,7 @@ Routes (model-engine's first, so its clients work unchanged):
                                             -> {"task_id"}; Idempotency-Key header honoured
     GET  /v1/async-tasks/{task_id}          -> {"task_id", "status", "result", "traceback", "status_code"}
     POST /v1/async-tasks/{task_id}/cancel   -> the same shape; idempotent
+    GET  /v1/async-tasks/{task_id}/events   -> text/event-stream of the task's event log
     GET  /healthz, GET /readyz (the broker answers), /docs, /openapi.json
 
 Tasks go out under the LIRA task name to the configured queue, through the same broker client as
@@ -34,6 +35,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
+    from forwarder.gateway.events import add_events_route
     from forwarder.gateway.http import BodyLimits, authorizer
     from forwarder.gateway.metrics import add_metrics
     from forwarder.gateway.models import ErrorResponse
@@ -137,6 +139,8 @@ def create_app(
     routes = TaskRoutes(broker, store, gateway, queue, authorize, responses, callback_urls)
     add_submit_route(app, routes)
     add_task_routes(app, routes)
+    if isinstance(client, ForwarderClient):
+        add_events_route(app, routes, client.event_log)
     add_health_routes(app, broker_check)
     app.add_middleware(BodyLimits, max_body_bytes=gateway.max_body_bytes)
     add_metrics(app)  # outermost, so that a 413 from the body limits is counted too

@@ -19,6 +19,7 @@ from forwarder.celery_ext.brokers import broker_config, celery_app
 from forwarder.config.masking import mask_url
 from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError, ForwarderError
+from forwarder.events import event_log_for
 from forwarder.hooks import HookRunner, build_hooks
 from forwarder.observability.metrics import enable as enable_metrics
 from forwarder.observability.tracing import enable_spans
@@ -30,6 +31,7 @@ from forwarder.worker.gevent_switch import check_gevent_patched
 from forwarder.worker.interrupts import interrupter_for
 from forwarder.worker.lifecycle import Outcome, TaskLifecycle
 from forwarder.worker.retry import RetryPolicy
+from forwarder.worker.task_events import TaskEvents
 
 __all__ = ["LifecycleTask", "build_forwarder", "build_lifecycle", "create_worker_app", "run_worker"]
 
@@ -43,6 +45,7 @@ def build_forwarder(settings: Settings) -> Forwarder:
         connect_timeout=worker.connect_timeout_seconds,
         read_timeout=worker.model_timeout_seconds,
         pool_size=max(worker.concurrency, 10),
+        max_response_bytes=worker.max_response_bytes,
     )
 
 
@@ -81,6 +84,7 @@ def build_lifecycle(
         ),
         retry=RetryPolicy(worker.model_retries, worker.retry_backoff_max_seconds, worker.queue),
         hooks=hooks,
+        events=TaskEvents(lambda: event_log_for(app.backend, worker.events_max_length)),
     )
 
 

@@ -15,14 +15,17 @@ import certifi
 import requests
 import urllib3
 
-from forwarder.config.settings import ModelServerSettings
+from forwarder.config.settings import ModelServerSettings, WorkerSettings
 from forwarder.errors import (
     ModelResponseError,
     ModelServerTimeout,
     ModelServerUnavailable,
     PayloadError,
 )
+from forwarder.events import EventWriter
 from forwarder.process_local import ProcessLocal
+from forwarder.worker.replies import BoundedReader, reading
+from forwarder.worker.streaming import StreamReader, stream_kind
 
 __all__ = ["Forwarder", "unwrap_payload", "wrap_response"]
 
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 SERIALIZE_KEY = "serialize_results_as_string"
 _REPLY_EXCERPT = 200
 READINESS_READ_TIMEOUT = 10.0
+DEFAULT_MAX_RESPONSE_BYTES = WorkerSettings.max_response_bytes
 
 
 def unwrap_payload(payload: Mapping[str, Any], model: ModelServerSettings) -> tuple[Any, bool]:
@@ -99,8 +103,10 @@ class Forwarder:
         connect_timeout: float,
         read_timeout: float,
         pool_size: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.model = model
+        self.max_response_bytes = max_response_bytes
         self.timeout = (connect_timeout, read_timeout)
         self.pool_size = pool_size
         # A pool inherited through fork shares its sockets with the parent: each builds its own.
@@ -127,7 +133,13 @@ class Forwarder:
             return urllib3.ProxyManager(proxy, **options)
         return urllib3.PoolManager(**options)
 
-    def __call__(self, payload: object, headers: Mapping[str, str] | None = None) -> Any:
+    def __call__(
+        self,
+        payload: object,
+        headers: Mapping[str, str] | None = None,
+        events: EventWriter | None = None,
+    ) -> Any:
+        """The shaped reply; a streamed reply's pieces go to ``events`` as they arrive."""
         if not isinstance(payload, Mapping):
             raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
         body, serialize_as_string = unwrap_payload(payload, self.model)
@@ -142,6 +154,7 @@ class Forwarder:
                 url,
                 body=data,
                 headers={"Content-Type": "application/json", **(headers or {})},
+                preload_content=False,
             )
         except urllib3.exceptions.ReadTimeoutError:
             raise self._timed_out(url) from None
@@ -150,16 +163,36 @@ class Forwarder:
             raise ModelServerUnavailable(
                 f"cannot connect to model server at {url}: {exc}"
             ) from None
+        with reading(reply, url, self.timeout[1]):
+            reader = BoundedReader(reply, url, self.max_response_bytes)
+            kind = stream_kind(reply.headers.get("Content-Type"))
+            if kind is not None:
+                streamed = self._read_stream(reader, kind, events)
+                return wrap_response(streamed, reply.status, self.model, serialize_as_string)
+            body_bytes = reader.read()
         try:
-            response = json.loads(reply.data)
+            response = json.loads(body_bytes)
         except ValueError:
-            excerpt = reply.data[:_REPLY_EXCERPT].decode("utf-8", "replace")
+            excerpt = body_bytes[:_REPLY_EXCERPT].decode("utf-8", "replace")
             raise ModelResponseError(
                 f"model server at {url} replied HTTP {reply.status} with a body that is not "
                 f"JSON ({reply.headers.get('Content-Type', 'no content type')}, "
-                f"{len(reply.data)} bytes): {excerpt!r}"
+                f"{len(body_bytes)} bytes): {excerpt!r}"
             ) from None
         return wrap_response(response, reply.status, self.model, serialize_as_string)
+
+    def _read_stream(self, reader: BoundedReader, kind: str, events: EventWriter | None) -> Any:
+        stream = StreamReader(kind, events)
+        try:
+            return stream.read(reader.chunks())
+        except urllib3.exceptions.ProtocolError as exc:
+            if not stream.assembler.chunks:
+                raise
+            # Not retried: the chunks already recorded would be recorded again.
+            raise ModelResponseError(
+                f"model server at {reader.url} broke off its stream after "
+                f"{len(stream.assembler.chunks)} chunks: {exc}"
+            ) from None
 
     def _timed_out(self, url: str) -> ModelServerTimeout:
         return ModelServerTimeout(

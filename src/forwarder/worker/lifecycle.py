@@ -11,7 +11,8 @@
 4. admission: cancel marker, TTL and delivery count, then STARTED (``forwarder.worker.admission``);
 5. interruption: the model call is abandoned past its deadline or once canceled
    (``forwarder.worker.cancel_watch``);
-6. the model call: the payload POSTed to the model server (``forwarder.worker.forwarding``);
+6. the model call: the payload POSTed to the model server (``forwarder.worker.forwarding``), a
+   streamed reply recorded in the task's event log (``forwarder.worker.task_events``);
 7. retry: a model server that cannot be reached gets the task again later
    (``forwarder.worker.retry``).
 
@@ -37,6 +38,7 @@ from typing import Any, NoReturn
 from celery.exceptions import Ignore, Reject
 
 from forwarder.errors import ModelServerUnavailable, TaskStopped
+from forwarder.events import EventWriter
 from forwarder.hooks import HookRunner, TaskOutcome
 from forwarder.observability.metrics import recorder
 from forwarder.observability.tracing import model_call_span, pop_trace_context
@@ -46,13 +48,14 @@ from forwarder.worker.cancel_watch import CancelWatch
 from forwarder.worker.crash_loop import CrashLoopGuard
 from forwarder.worker.limits import TaskLimits
 from forwarder.worker.retry import RetryPolicy
+from forwarder.worker.task_events import TaskEvents
 
 __all__ = ["Outcome", "TaskLifecycle", "queue_wait_seconds"]
 
 log = logging.getLogger(__name__)
 
-# The model call: (payload, headers to send) -> the shaped reply to store.
-ModelCall = Callable[[Any, Mapping[str, str]], Any]
+# The model call: (payload, headers to send, the task's event writer) -> the reply to store.
+ModelCall = Callable[[Any, Mapping[str, str], EventWriter | None], Any]
 
 
 def queue_wait_seconds(arrival_timestamp: Any) -> float | None:
@@ -96,6 +99,7 @@ class TaskLifecycle:
     cancel_watch: CancelWatch
     retry: RetryPolicy
     hooks: HookRunner | None = None
+    events: TaskEvents | None = None  # None: streamed replies are read, not recorded
 
     def run(
         self,
@@ -133,16 +137,19 @@ class TaskLifecycle:
         metrics = recorder()
         task_id = task.request.id
         metrics.in_flight(self.queue, 1)
+        writer = self.events.writer(task_id) if self.events is not None else None
         started = time.perf_counter()
         try:
             with (
                 self.cancel_watch.guard(task_id, limits),
                 model_call_span(task_id, trace_headers) as headers,
             ):
-                return self.model_call(payload, headers)
+                return self.model_call(payload, headers, writer)
         except TaskStopped as stopped:
             self.stop(task, stopped)
         except ModelServerUnavailable as error:
+            if self.events is not None:
+                self.events.discard(task_id)
             self.retry.send_back(task, error)
         finally:
             metrics.model_call(self.queue, time.perf_counter() - started)
@@ -172,6 +179,10 @@ class TaskLifecycle:
             task.backend.store_stopped(request.id, outcome.value, request)
             log.info("task %s %s: %s", request.id, outcome.status, outcome.value)
         recorder().task_finished(self.queue, outcome.status.lower())
+        if self.events is not None:
+            succeeded = outcome.status == SUCCESS
+            error = None if succeeded else f"{type(outcome.value).__name__}: {outcome.value}"
+            self.events.finish(request.id, outcome.status, error)
         if self.hooks:
             self.hooks.run(self._hook_outcome(request, outcome))
 
