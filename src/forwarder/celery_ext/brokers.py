@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from forwarder.celery_ext.backends import BACKEND_CLASSES
+from forwarder.config import model_engine
 from forwarder.config.settings import Settings, WorkerSettings
 from forwarder.errors import ConfigError
 
@@ -45,6 +46,7 @@ class BrokerConfig:
 
 def broker_config(worker: WorkerSettings, *, region: str | None = None) -> BrokerConfig:
     """The broker and result backend the settings select; ``region``: ``aws.region``."""
+    worker = model_engine.resolve(worker)
     if worker.sqs_url and worker.broker_url:
         raise ConfigError("--sqs-url", worker.sqs_url, "either --sqs-url or --broker-url, not both")
     if worker.sqs_url:

@@ -26,6 +26,7 @@ __all__ = [
     "S3Location",
     "boolean",
     "broker_url",
+    "bucket",
     "choice",
     "expanded_path",
     "folder",
@@ -44,6 +45,7 @@ __all__ = [
     "result_backend_url",
     "route",
     "s3_location",
+    "s3_prefix",
     "seconds_or_no_limit",
     "text",
     "tokens",
@@ -240,6 +242,21 @@ def result_backend_url(value: object) -> str:
     if url.startswith("s3://"):
         s3_location(url)
     return url
+
+
+def bucket(value: object) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if not _BUCKET.fullmatch(text):
+        raise Invalid("an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens")
+    return text
+
+
+def s3_prefix(value: object) -> str:
+    """A key prefix in a bucket: "" or a path ending in "/"."""
+    if not isinstance(value, str):
+        raise Invalid("a key prefix such as tmp/celery/")
+    prefix = value.strip().strip("/")
+    return f"{prefix}/" if prefix else ""
 
 
 class S3Location(NamedTuple):

@@ -144,6 +144,12 @@ def run_worker(settings: Settings) -> int:
         mask_url(config.result_backend),
         settings.model.predict_url,
     )
+    if config.kind == "embedded":
+        log.warning(
+            "embedded broker: tasks are read from and results written to the folder %s only; "
+            "no broker server is consumed (--broker-url, --broker-type or --sqs-url name one)",
+            worker.data_dir.expanduser().resolve(),
+        )
     if worker.tracing == "otel" and not enable_spans():
         raise ConfigError(
             "tracing", "otel", "OpenTelemetry installed: pip install opentelemetry-sdk"
