@@ -36,6 +36,8 @@ FLAG_VALUES: dict[str, tuple[str, object]] = {
     "--backend-protocol": ("s3", "s3"),
     "--data-dir": ("/tmp/flag-data", Path("/tmp/flag-data")),
     "--task-visibility": ("VISIBILITY_1H", "VISIBILITY_1H"),
+    "--events": ("true", True),
+    "--hostname": ("gpu-1@%h", "gpu-1@%h"),
     "--log-level": ("DEBUG", "DEBUG"),
     "--log-format": ("text", "text"),
     "--metrics-port": ("9100", 9100),
@@ -173,6 +175,15 @@ def test_a_flag_on_the_command_line_fills_its_field(
 def test_an_alias_fills_the_same_field() -> None:
     args = build_parser().parse_args(["worker", "--num-workers", "3"])
     assert settings_from(args).worker.concurrency == 3
+    args = build_parser().parse_args(["worker", "-n", "second@%h"])
+    assert settings_from(args).worker.hostname == "second@%h"
+
+
+def test_events_given_alone_turns_them_on_and_they_are_off_by_default() -> None:
+    parser = build_parser()
+    assert settings_from(parser.parse_args(["worker", "--events"])).worker.events is True
+    assert settings_from(parser.parse_args(["worker", "--events", "false"])).worker.events is False
+    assert settings_from(parser.parse_args(["worker"])).worker.events is False
 
 
 def test_the_help_names_the_variables(capsys: pytest.CaptureFixture[str]) -> None:

@@ -153,6 +153,10 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_track_started=True,
+        # Flower and `celery events` see workers and tasks from these events alone; off, they
+        # cost the broker nothing (a publish per task state, and a heartbeat every 2 s, when on).
+        worker_send_task_events=settings.worker.events,
+        task_send_sent_event=settings.worker.events,
         worker_prefetch_multiplier=1,
         # Also sizes the S3 result backend's connection pool, which every greenlet shares.
         worker_concurrency=settings.worker.concurrency,

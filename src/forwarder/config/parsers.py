@@ -35,6 +35,7 @@ __all__ = [
     "http_url",
     "labels",
     "listen_port",
+    "node_name",
     "non_negative_int",
     "non_negative_number",
     "nonempty",
@@ -70,6 +71,7 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9_.\-]+$|^\[[0-9A-Fa-f:.]+\]$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 # Printable ASCII without spaces or commas: what an Authorization header carries as is, and what
 # the comma-separated variable can hold.
+_NODE_NAME = re.compile(r"[\x21-\x7e]{1,255}")
 _TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 
 
@@ -214,6 +216,13 @@ def hostname(value: object) -> str:
     if not isinstance(value, str) or not _HOSTNAME.fullmatch(value):
         raise Invalid("a host name or IP address, without scheme or port, for example localhost")
     return value
+
+
+def node_name(value: object) -> str:
+    """A Celery node name such as ``gpu-1@%h``: printable, without spaces."""
+    if not isinstance(value, str) or not _NODE_NAME.fullmatch(value.strip()):
+        raise Invalid("a node name without spaces, for example worker-1@%h")
+    return value.strip()
 
 
 def _url(value: object, schemes: tuple[str, ...], example: str) -> str:

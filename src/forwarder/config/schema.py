@@ -89,6 +89,8 @@ class Setting:
     commands: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     metavar: str | None = None
+    # The value of the flag given alone (``--events``); None: the flag needs a value.
+    const: str | None = None
     secret: bool = False
     # How check-config prints the value, when not as it is (a URL with its password masked).
     show: Callable[[Any], object] | None = None
@@ -172,6 +174,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(WORKER, "task_visibility", p.choice(*p.TASK_VISIBILITY_SECONDS),
         flag="--task-visibility",
         help="VISIBILITY_1M, VISIBILITY_10M, VISIBILITY_1H or VISIBILITY_24H", commands=_WORKER),
+    Setting(WORKER, "events", p.boolean, env=("FORWARDER_EVENTS",), flag="--events",
+        help="send Celery's task events, for Flower and celery events (off by default)",
+        commands=_WORKER, metavar="true|false", const="true"),
+    Setting(WORKER, "hostname", p.optional(p.node_name), env=("FORWARDER_HOSTNAME",),
+        flag="--hostname", aliases=("-n",),
+        help="the worker's node name, as Celery's -n (default celery@HOST; %%h: the host)",
+        commands=_WORKER),
     Setting(WORKER, "model_timeout_seconds", p.positive_number),
     Setting(WORKER, "connect_timeout_seconds", p.positive_number),
     Setting(WORKER, "model_retries", p.non_negative_int),

@@ -99,6 +99,8 @@ class WorkerSettings:
     s3_prefix: str = "tmp/celery/"
     data_dir: Path = field(default_factory=_default_data_dir)
     task_visibility: str = "VISIBILITY_24H"
+    events: bool = False  # Celery's task events (worker -E)
+    hostname: str | None = None  # None: Celery's celery@HOST
     model_timeout_seconds: float = 600.0
     connect_timeout_seconds: float = 5.0
     model_retries: int = 20

@@ -174,7 +174,13 @@ def run_worker(settings: Settings) -> int:
         # Worker-to-worker chatter buys nothing here and costs broker traffic on every replica.
         "without_gossip": True,
         "without_mingle": True,
+        "task_events": worker.events,
     }
+    if worker.hostname:
+        from celery.utils.nodenames import default_nodename, host_format
+
+        # As Celery's -n does: %h, %n and %d expanded; a name without @ is a host, celery@NAME.
+        options["hostname"] = host_format(default_nodename(worker.hostname))
     if worker.pool == "gevent" and worker.max_tasks_per_child:
         log.warning(
             "max_tasks_per_child=%d has no effect on the gevent pool", worker.max_tasks_per_child

@@ -38,7 +38,7 @@ from forwarder.errors import ModelServerUnavailable, TaskStopped
 from forwarder.hooks import HookRunner, TaskOutcome
 from forwarder.observability.metrics import recorder
 from forwarder.observability.tracing import model_call_span, pop_trace_context
-from forwarder.protocol import SUCCESS
+from forwarder.protocol import MODEL_STATUS_ATTRIBUTE, SUCCESS
 from forwarder.worker.admission import admit
 from forwarder.worker.cancel_watch import CancelWatch
 from forwarder.worker.crash_loop import CrashLoopGuard
@@ -134,7 +134,7 @@ class TaskLifecycle:
                 self.cancel_watch.guard(task_id, limits),
                 model_call_span(task_id, trace_headers) as headers,
             ):
-                return self.model_call(payload, headers)
+                reply = self.model_call(payload, headers)
         except TaskStopped as stopped:
             self.stop(task, stopped)
         except ModelServerUnavailable as error:
@@ -142,6 +142,11 @@ class TaskLifecycle:
         finally:
             metrics.model_call(self.queue, time.perf_counter() - started)
             metrics.in_flight(self.queue, -1)
+        status = reply.get("status_code") if isinstance(reply, dict) else None
+        if isinstance(status, int):
+            # Read by the log line of the finished task, so a 404 is not taken for a success.
+            setattr(task.request, MODEL_STATUS_ATTRIBUTE, status)
+        return reply
 
     def stop(self, task: Any, error: TaskStopped) -> NoReturn:
         """End the task with ``error``'s state, and have Celery acknowledge its message."""
