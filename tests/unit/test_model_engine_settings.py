@@ -120,3 +120,12 @@ def test_azure_kinds_exit_2_saying_they_are_not_supported(
     assert main(["check-config", flag, value]) == 2
     error = capsys.readouterr().err
     assert f"{flag}='{value}'" in error and name in error and "not supported" in error
+
+
+def test_events_are_refused_on_sqs_which_has_no_fanout(tmp_path: Path) -> None:
+    url = "https://sqs.us-west-2.amazonaws.com/123456789012/queue"
+    flags = {"--sqs-url": url, "--queue": "queue", "--result-backend": "s3://results/r"}
+    assert chosen({}, flags, tmp_path)[0] == "sqs"
+    with pytest.raises(ConfigError) as info:
+        chosen({}, {**flags, "--events": "true"}, tmp_path)
+    assert info.value.key == "--events" and "SQS" in info.value.allowed

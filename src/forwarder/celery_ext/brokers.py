@@ -92,6 +92,11 @@ def _embedded(worker: WorkerSettings) -> BrokerConfig:
 
 
 def _sqs(worker: WorkerSettings, url: str, region: str | None) -> BrokerConfig:
+    if worker.events:
+        # kombu's SQS transport has no fanout exchange, which Celery's events are sent to.
+        raise ConfigError(
+            "--events", True, "false with an SQS broker: SQS carries no Celery events"
+        )
     if not worker.result_backend:
         raise ConfigError(
             "--result-backend", None, "a result backend URL; an SQS broker keeps no results"
