@@ -124,7 +124,14 @@ def delivered_records(endpoint: str) -> int:
 
 
 class Stack:
-    """The services every stage runs against, started once and stopped together."""
+    """The services every stage runs against, started once and stopped together.
+
+    ``aws=False`` leaves moto out, for a stage whose workers make no AWS call.
+    """
+
+    def __init__(self, aws: bool = True) -> None:
+        self.aws = aws
+        self.moto_endpoint = ""
 
     def __enter__(self) -> Stack:
         self._folder = tempfile.TemporaryDirectory(prefix="forwarder-bench-")
@@ -135,15 +142,17 @@ class Stack:
         try:
             redis_child, redis_port = start_redis(self.folder)
             self._children.append(redis_child)
-            moto, self.moto_endpoint = start_moto(self.folder / "moto.log")
-            self._children.append(moto)
+            if self.aws:
+                moto, self.moto_endpoint = start_moto(self.folder / "moto.log")
+                self._children.append(moto)
             instant, self.model_port = start_echo_server(self.folder / "echo.log")
             self._children.append(instant)
             slow, self.slow_model_port = start_echo_server(
                 self.folder / "echo-slow.log", "--delay", str(MODEL_DELAY)
             )
             self._children.append(slow)
-            make_stream(self.moto_endpoint)
+            if self.aws:
+                make_stream(self.moto_endpoint)
         except BaseException:
             self.close()
             raise
@@ -199,6 +208,7 @@ class WorkerSpec:
     slow_model: bool = False
     credential_seconds: int = 900
     leeway: float = 60.0
+    extra_args: tuple[str, ...] = ()  # more flags for our worker (``--events``)
 
     @property
     def label(self) -> str:
@@ -232,7 +242,7 @@ def start_worker(stack: Stack, spec: WorkerSpec, queue: str) -> Child:
     """The worker consuming ``queue``, once it says it is ready."""
     port = stack.slow_model_port if spec.slow_model else stack.model_port
     log_path = stack.folder / f"worker-{queue}.log"
-    env = aws_environment(stack.moto_endpoint)
+    env = aws_environment(stack.moto_endpoint) if stack.aws else {}
     if spec.impl == "forwarder":
         extra = []
         if spec.callback or spec.firehose != "off":
@@ -247,6 +257,7 @@ def start_worker(stack: Stack, spec: WorkerSpec, queue: str) -> Child:
                 "--set", f"forwarder.async.user_hostname={HOST}",
                 "--set", f"forwarder.async.user_port={port}",
                 *extra,
+                *spec.extra_args,
             ],
             log_path,
             env=env,

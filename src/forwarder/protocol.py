@@ -23,6 +23,7 @@ __all__ = [
     "IDEMPOTENCY_KEY_PREFIX",
     "LEGACY_TASK_NAME",
     "LIRA_TASK_NAME",
+    "MODEL_STATUS_ATTRIBUTE",
     "STOPPED_STATES",
     "SUBMITTED_KWARG",
     "SUCCESS",
@@ -49,6 +50,8 @@ TIMEOUT_KWARG = "timeout_seconds"
 SUBMITTED_KWARG = "submitted_at"  # UTC epoch seconds of the send
 # W3C trace context, in the kwargs (model-engine's gateways) or the message headers.
 TRACE_KEYS = ("traceparent", "tracestate")
+# Where a running task's request keeps the model's HTTP status, for its "succeeded" log line.
+MODEL_STATUS_ATTRIBUTE = "forwarder_model_status"
 
 # Final states: Celery's two, and those of a task ended without a model reply.
 SUCCESS = "SUCCESS"

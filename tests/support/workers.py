@@ -14,7 +14,7 @@ from forwarder.devtools.localrun import start_forwarder
 
 __all__ = ["READY_RE", "Worker"]
 
-READY_RE = re.compile(r"celery@\S+ ready\.")
+READY_RE = re.compile(r"\S+@\S+ ready\.")
 
 
 class Worker:

@@ -106,6 +106,20 @@ def test_the_config_map_holds_a_config_the_worker_loads(settings: Settings) -> N
     assert ports[probe["port"]] == settings.model.user_port
 
 
+def test_the_model_outlives_the_forwarder_within_the_grace_period(settings: Settings) -> None:
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    command = _container("model")["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"]
+    script = command[2]
+    # It waits for the forwarder's metrics port to close, for less than the grace period.
+    metrics_port = _container("forwarder")["args"]
+    assert f'("127.0.0.1", {metrics_port[metrics_port.index("--metrics-port") + 1]})' in script
+    (bound,) = re.findall(r"time.monotonic\(\) \+ (\d+)", script)
+    grace = pod["terminationGracePeriodSeconds"]
+    assert settings.worker.model_timeout_seconds < int(bound) < grace
+    compile(script, "preStop", "exec")
+
+
 def test_the_forwarder_container_starts_a_worker_the_command_line_accepts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

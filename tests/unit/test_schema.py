@@ -32,8 +32,12 @@ FLAG_VALUES: dict[str, tuple[str, object]] = {
     "--broker-url": ("redis://127.0.0.1:6379/3", "redis://127.0.0.1:6379/3"),
     "--result-backend": ("file:///tmp/results", "file:///tmp/results"),
     "--sqs-url": ("https://sqs.local/1/q", "https://sqs.local/1/q"),
+    "--broker-type": ("SQS", "sqs"),
+    "--backend-protocol": ("s3", "s3"),
     "--data-dir": ("/tmp/flag-data", Path("/tmp/flag-data")),
     "--task-visibility": ("VISIBILITY_1H", "VISIBILITY_1H"),
+    "--events": ("true", True),
+    "--hostname": ("gpu-1@%h", "gpu-1@%h"),
     "--log-level": ("DEBUG", "DEBUG"),
     "--log-format": ("text", "text"),
     "--library-log-level": ("DEBUG", "DEBUG"),
@@ -46,6 +50,13 @@ FLAG_VALUES: dict[str, tuple[str, object]] = {
     "--port": ("0", 0),
     "--gateway-url": ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
     "--token": ("token-0123456789abcdef", "token-0123456789abcdef"),
+}
+# What a flag needs besides itself to make whole settings: more arguments, and the environment.
+SQS = ["--sqs-url", "https://sqs.local/1/q"]
+FLAG_NEEDS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "--sqs-url": (["--result-backend", "redis://127.0.0.1:6379/1"], {}),
+    "--broker-type": (SQS, {"S3_BUCKET": "results"}),
+    "--backend-protocol": (["--broker-type", "sqs", *SQS], {"S3_BUCKET": "results"}),
 }
 
 
@@ -148,10 +159,14 @@ def test_each_command_takes_exactly_its_familys_flags(family: str) -> None:
     ("family", "flag"),
     [(family, s.flag) for family in sorted(COMMANDS) for s in flags_for(family)],
 )
-def test_a_flag_on_the_command_line_fills_its_field(family: str, flag: str) -> None:
+def test_a_flag_on_the_command_line_fills_its_field(
+    family: str, flag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     setting = next(s for s in SETTINGS if s.flag == flag)
     given, expected = FLAG_VALUES[flag]
-    extra = ["--result-backend", "redis://127.0.0.1:6379/1"] if flag == "--sqs-url" else []
+    extra, env = FLAG_NEEDS.get(flag, ([], {}))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     args = build_parser().parse_args([*COMMANDS[family], flag, given, *extra])
     settings = settings_from(args)
     assert field_value(settings, setting.fills) == expected
@@ -161,6 +176,15 @@ def test_a_flag_on_the_command_line_fills_its_field(family: str, flag: str) -> N
 def test_an_alias_fills_the_same_field() -> None:
     args = build_parser().parse_args(["worker", "--num-workers", "3"])
     assert settings_from(args).worker.concurrency == 3
+    args = build_parser().parse_args(["worker", "-n", "second@%h"])
+    assert settings_from(args).worker.hostname == "second@%h"
+
+
+def test_events_given_alone_turns_them_on_and_they_are_off_by_default() -> None:
+    parser = build_parser()
+    assert settings_from(parser.parse_args(["worker", "--events"])).worker.events is True
+    assert settings_from(parser.parse_args(["worker", "--events", "false"])).worker.events is False
+    assert settings_from(parser.parse_args(["worker"])).worker.events is False
 
 
 def test_the_help_names_the_variables(capsys: pytest.CaptureFixture[str]) -> None:

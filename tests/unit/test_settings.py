@@ -424,8 +424,17 @@ VALID = {
     "broker_url": ("redis://file:6379/0", "redis://env:6379/0", "rediss://flag:6380/0"),
     "result_backend": ("redis://file:6379/1", "file:///tmp/env-results", "rediss://flag:6380/1"),
     "sqs_url": ("https://file/1/q", "http://127.0.0.1:5000/1/q", "https://flag/1/q"),
+    "broker_type": ("sqs", "redis", "sqs"),
+    "backend_protocol": ("redis", "s3", "redis"),
+    "redis_host": ("file-redis", "env-redis", "(no flag)"),
+    "redis_port": ("6379", "6380", "(no flag)"),
+    "redis_auth_token": ("file-token", "env-token", "(no flag)"),
+    "s3_bucket": ("file-bucket", "env-bucket", "(no flag)"),
+    "s3_prefix": ("file/prefix/", "(no env)", "(no flag)"),
     "data_dir": ("/tmp/file-data", "/tmp/env-data", "/tmp/flag-data"),
     "task_visibility": ("VISIBILITY_1M", "VISIBILITY_10M", "VISIBILITY_1H"),
+    "events": ("true", "false", "true"),
+    "hostname": ("file@%h", "env@host-1", "flag@%h"),
     "model_timeout_seconds": ("1", "2.5", "3"),
     "connect_timeout_seconds": ("1", "2.5", "3"),
     "max_response_bytes": ("1000", "2000", "3000"),
@@ -451,7 +460,7 @@ def expected_value(name: str, text: str) -> object:
         return text == "true"
     if isinstance(default, float):
         return float(text)
-    if isinstance(default, int) or name in ("max_tasks_per_child", "metrics_port"):
+    if isinstance(default, int) or name in ("max_tasks_per_child", "metrics_port", "redis_port"):
         return int(text)
     if isinstance(default, Path):
         return Path(text)
@@ -611,8 +620,17 @@ BAD: dict[str, tuple[list[object], str]] = {
         ["sqs://queue", "ftp://127.0.0.1/1/q", "https://", "queue-name", "", 5],
         "https, http",
     ),
+    "broker_type": (["servicebus", "kafka", "", 5], "redis or sqs"),
+    "backend_protocol": (["abs", "gcs", "", 5], "s3 or redis"),
+    "redis_host": (["redis://host", "host:6379", "", 5], "host name"),
+    "redis_port": (["0", "70000", "x", "", 1.5, True], "port number"),
+    "redis_auth_token": (["", "   ", 5], "non-empty string"),
+    "s3_bucket": (["Results", "ab", "a_bucket", "", 5], "S3 bucket name"),
+    "s3_prefix": ([5, None, ["a"]], "key prefix"),
     "data_dir": (["", "   ", 5, None, ["a"]], "non-empty string"),
     "task_visibility": (["VISIBILITY_2H", "60", "", 60, None], "VISIBILITY_1M"),
+    "events": (["maybe", "2", "", None], "true or false"),
+    "hostname": (["two words", "", 5, ["a@b"]], "node name"),
     "model_timeout_seconds": (["0", "-1", "x", "inf", "nan", "", 0, -1.5, True, None], "positive"),
     "connect_timeout_seconds": (["0", "-0.5", "x", 0, False], "positive"),
     "max_response_bytes": (["0", "-1", "x", "1.5", 0, False], "positive"),
@@ -661,7 +679,7 @@ def test_bad_file_value_is_rejected(name: str, value: object, allowed: str, tmp_
     path = write_config(tmp_path, nested(spec.file_key, value))
     with pytest.raises(ConfigError) as info:
         load(path)
-    assert_one_line_error(info.value, spec.file_key, value)
+    assert_one_line_error(info.value, spec.file_key, schema.NOT_SHOWN if spec.secret else value)
     assert allowed in info.value.allowed
 
 

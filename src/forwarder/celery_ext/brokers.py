@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 
 from forwarder.celery_ext.backends import BACKEND_CLASSES
+from forwarder.config import model_engine
 from forwarder.config.settings import Settings, WorkerSettings
 from forwarder.errors import ConfigError
 
@@ -50,6 +51,7 @@ class BrokerConfig:
 
 def broker_config(worker: WorkerSettings, *, region: str | None = None) -> BrokerConfig:
     """The broker and result backend the settings select; ``region``: ``aws.region``."""
+    worker = model_engine.resolve(worker)
     if worker.sqs_url and worker.broker_url:
         raise ConfigError("--sqs-url", worker.sqs_url, "either --sqs-url or --broker-url, not both")
     if worker.sqs_url:
@@ -104,6 +106,11 @@ def _private_folder(folder: Path) -> None:
 
 
 def _sqs(worker: WorkerSettings, url: str, region: str | None) -> BrokerConfig:
+    if worker.events:
+        # kombu's SQS transport has no fanout exchange, which Celery's events are sent to.
+        raise ConfigError(
+            "--events", True, "false with an SQS broker: SQS carries no Celery events"
+        )
     if not worker.result_backend:
         raise ConfigError(
             "--result-backend", None, "a result backend URL; an SQS broker keeps no results"
@@ -165,6 +172,10 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_track_started=True,
+        # Flower and `celery events` see workers and tasks from these events alone; off, they
+        # cost the broker nothing (a publish per task state, and a heartbeat every 2 s, when on).
+        worker_send_task_events=settings.worker.events,
+        task_send_sent_event=settings.worker.events,
         worker_prefetch_multiplier=1,
         # Also sizes the S3 result backend's connection pool, which every greenlet shares.
         worker_concurrency=settings.worker.concurrency,

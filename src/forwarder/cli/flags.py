@@ -8,6 +8,7 @@ the settings that name it. Imports only the standard library, PyYAML and the set
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from forwarder.config.schema import SETTINGS, flags_for
 from forwarder.config.settings import Settings, load_settings
@@ -23,12 +24,16 @@ def add_settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
     )
     for setting in flags_for(command):
         variables = f" (env {', '.join(setting.env)})" if setting.env else ""
+        given_alone: dict[str, Any] = (
+            {"nargs": "?", "const": setting.const} if setting.const else {}
+        )
         parser.add_argument(
             setting.flag,
             *setting.aliases,
             dest=setting.dest,
             metavar=setting.metavar,
             help=f"{setting.help}{variables}",
+            **given_alone,
         )
 
 

@@ -41,12 +41,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # No abbreviations: `--host` (the gateway's) must not be taken for `--hostname`.
     worker = commands.add_parser(
-        "worker", help="consume tasks and forward them to the model server"
+        "worker", help="consume tasks and forward them to the model server", allow_abbrev=False
     )
     add_settings_flags(worker, "worker")
     worker.set_defaults(run=cmd_worker)
 
-    check = commands.add_parser("check-config", help="validate settings and print them (masked)")
+    check = commands.add_parser(
+        "check-config", help="validate settings and print them (masked)", allow_abbrev=False
+    )
     add_settings_flags(check, "worker")
     check.set_defaults(run=cmd_check_config)

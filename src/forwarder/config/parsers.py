@@ -26,6 +26,7 @@ __all__ = [
     "S3Location",
     "boolean",
     "broker_url",
+    "bucket",
     "choice",
     "expanded_path",
     "folder",
@@ -34,6 +35,7 @@ __all__ = [
     "http_url",
     "labels",
     "listen_port",
+    "node_name",
     "non_negative_int",
     "non_negative_number",
     "nonempty",
@@ -44,6 +46,7 @@ __all__ = [
     "result_backend_url",
     "route",
     "s3_location",
+    "s3_prefix",
     "seconds_or_no_limit",
     "text",
     "tokens",
@@ -68,6 +71,7 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9_.\-]+$|^\[[0-9A-Fa-f:.]+\]$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 # Printable ASCII without spaces or commas: what an Authorization header carries as is, and what
 # the comma-separated variable can hold.
+_NODE_NAME = re.compile(r"[\x21-\x7e]{1,255}")
 _TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 
 
@@ -214,6 +218,13 @@ def hostname(value: object) -> str:
     return value
 
 
+def node_name(value: object) -> str:
+    """A Celery node name such as ``gpu-1@%h``: printable, without spaces."""
+    if not isinstance(value, str) or not _NODE_NAME.fullmatch(value.strip()):
+        raise Invalid("a node name without spaces, for example worker-1@%h")
+    return value.strip()
+
+
 def _url(value: object, schemes: tuple[str, ...], example: str) -> str:
     allowed = f"a URL with scheme {', '.join(schemes)}, for example {example}"
     if not isinstance(value, str):
@@ -240,6 +251,21 @@ def result_backend_url(value: object) -> str:
     if url.startswith("s3://"):
         s3_location(url)
     return url
+
+
+def bucket(value: object) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if not _BUCKET.fullmatch(text):
+        raise Invalid("an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens")
+    return text
+
+
+def s3_prefix(value: object) -> str:
+    """A key prefix in a bucket: "" or a path ending in "/"."""
+    if not isinstance(value, str):
+        raise Invalid("a key prefix such as tmp/celery/")
+    prefix = value.strip().strip("/")
+    return f"{prefix}/" if prefix else ""
 
 
 class S3Location(NamedTuple):

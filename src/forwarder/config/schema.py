@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from forwarder.config import model_engine as me
 from forwarder.config import parsers as p
 from forwarder.config.hooks import (
     SINK_NAMES,
@@ -94,6 +95,8 @@ class Setting:
     commands: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     metavar: str | None = None
+    # The value of the flag given alone (``--events``); None: the flag needs a value.
+    const: str | None = None
     secret: bool = False
     # How check-config prints the value, when not as it is (a URL with its password masked).
     show: Callable[[Any], object] | None = None
@@ -158,11 +161,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(WORKER, "sqs_url", p.optional(p.http_url),
         flag="--sqs-url", help="SQS queue URL (SQS broker; needs --result-backend)",
         commands=_EVERY, show=mask_url),
+    Setting(WORKER, "broker_type", p.optional(me.broker_type), flag="--broker-type",
+        help="redis or sqs: model-engine's broker, from REDIS_HOST/REDIS_PORT or --sqs-url",
+        commands=_EVERY),
+    Setting(WORKER, "backend_protocol", p.optional(me.backend_protocol),
+        flag="--backend-protocol",
+        help="s3 (default with --broker-type: S3_BUCKET) or redis: model-engine's results",
+        commands=_EVERY),
+    # The variables model-engine's celery_app reads, for --broker-type and --backend-protocol.
+    Setting(WORKER, "redis_host", p.optional(p.hostname), env=("REDIS_HOST",)),
+    Setting(WORKER, "redis_port", p.optional(p.port), env=("REDIS_PORT",)),
+    Setting(WORKER, "redis_auth_token", p.optional(p.nonempty), env=("REDIS_AUTH_TOKEN",),
+        secret=True),
+    Setting(WORKER, "s3_bucket", p.optional(p.bucket), env=("S3_BUCKET",)),
+    Setting(WORKER, "s3_prefix", p.s3_prefix),
     Setting(WORKER, "data_dir", p.folder, env=("FORWARDER_DATA_DIR",),
         flag="--data-dir", help="folder of the embedded broker and results", commands=_EVERY),
     Setting(WORKER, "task_visibility", p.choice(*p.TASK_VISIBILITY_SECONDS),
         flag="--task-visibility",
         help="VISIBILITY_1M, VISIBILITY_10M, VISIBILITY_1H or VISIBILITY_24H", commands=_WORKER),
+    Setting(WORKER, "events", p.boolean, env=("FORWARDER_EVENTS",), flag="--events",
+        help="send Celery's task events, for Flower and celery events (off by default)",
+        commands=_WORKER, metavar="true|false", const="true"),
+    Setting(WORKER, "hostname", p.optional(p.node_name), env=("FORWARDER_HOSTNAME",),
+        flag="--hostname", aliases=("-n",),
+        help="the worker's node name, as Celery's -n (default celery@HOST; %%h: the host)",
+        commands=_WORKER),
     Setting(WORKER, "model_timeout_seconds", p.positive_number),
     Setting(WORKER, "connect_timeout_seconds", p.positive_number),
     Setting(WORKER, "max_response_bytes", p.positive_int,

@@ -88,8 +88,19 @@ class WorkerSettings:
     broker_url: str | None = None
     result_backend: str | None = None
     sqs_url: str | None = None
+    # model-engine's names for the broker and results, turned into the two URLs by
+    # forwarder.config.model_engine.resolve where the broker is chosen.
+    broker_type: str | None = None
+    backend_protocol: str | None = None
+    redis_host: str | None = None
+    redis_port: int | None = None
+    redis_auth_token: str | None = field(default=None, repr=False)
+    s3_bucket: str | None = None
+    s3_prefix: str = "tmp/celery/"
     data_dir: Path = field(default_factory=_default_data_dir)
     task_visibility: str = "VISIBILITY_24H"
+    events: bool = False  # Celery's task events (worker -E)
+    hostname: str | None = None  # None: Celery's celery@HOST
     model_timeout_seconds: float = 600.0
     # A reply past this fails its task; a streamed reply counts every byte read.
     max_response_bytes: int = 16 * 1024 * 1024

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forwarder.config.masking import mask_secrets
+from forwarder.protocol import MODEL_STATUS_ATTRIBUTE
 
 __all__ = ["LIBRARY_LOGGERS", "configure"]
 
@@ -68,16 +69,25 @@ class _Context(logging.Filter):
         if record.name == "celery.app.trace" and isinstance(record.args, Mapping):
             args = dict(record.args)
             if "return_value" in args:
-                # The repr Celery made of the result; its size and keys are what INFO may show.
-                args["return_value"] = _summarize_repr(str(args["return_value"]))
+                # The repr Celery made of the result; its size and keys are what INFO may show,
+                # with the model's HTTP status that the task stored in its request.
+                args["return_value"] = _summarize_repr(str(args["return_value"]), _model_status())
             record.args = args
         return True
 
 
-def _summarize_repr(text: str) -> str:
+def _model_status() -> int | None:
+    from celery import current_task
+
+    status = getattr(getattr(current_task, "request", None), MODEL_STATUS_ATTRIBUTE, None)
+    return status if isinstance(status, int) else None
+
+
+def _summarize_repr(text: str, status: int | None = None) -> str:
     keys = re.findall(r"'([A-Za-z_][\w-]*)':", text)
     shown = f", keys: {', '.join(dict.fromkeys(keys))}" if keys else ""
-    return f"<result of {len(text)} characters{shown}>"
+    model = f"; model replied HTTP {status}" if status is not None else ""
+    return f"<result of {len(text)} characters{shown}{model}>"
 
 
 class JsonFormatter(logging.Formatter):

@@ -148,6 +148,12 @@ def run_worker(settings: Settings) -> int:
         mask_url(config.result_backend),
         settings.model.predict_url,
     )
+    if config.kind == "embedded":
+        log.warning(
+            "embedded broker: tasks are read from and results written to the folder %s only; "
+            "no broker server is consumed (--broker-url, --broker-type or --sqs-url name one)",
+            worker.data_dir.expanduser().resolve(),
+        )
     if worker.tracing == "otel" and not enable_spans():
         raise ConfigError(
             "tracing", "otel", "OpenTelemetry installed: pip install opentelemetry-sdk"
@@ -172,7 +178,13 @@ def run_worker(settings: Settings) -> int:
         # Worker-to-worker chatter buys nothing here and costs broker traffic on every replica.
         "without_gossip": True,
         "without_mingle": True,
+        "task_events": worker.events,
     }
+    if worker.hostname:
+        from celery.utils.nodenames import default_nodename, host_format
+
+        # As Celery's -n does: %h, %n and %d expanded; a name without @ is a host, celery@NAME.
+        options["hostname"] = host_format(default_nodename(worker.hostname))
     if worker.pool == "gevent" and worker.max_tasks_per_child:
         log.warning(
             "max_tasks_per_child=%d has no effect on the gevent pool", worker.max_tasks_per_child

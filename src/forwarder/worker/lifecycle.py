@@ -42,7 +42,7 @@ from forwarder.events import EventWriter
 from forwarder.hooks import HookRunner, TaskOutcome
 from forwarder.observability.metrics import recorder
 from forwarder.observability.tracing import model_call_span, pop_trace_context
-from forwarder.protocol import SUCCESS, task_id_problem
+from forwarder.protocol import MODEL_STATUS_ATTRIBUTE, SUCCESS, task_id_problem
 from forwarder.worker.admission import admit
 from forwarder.worker.cancel_watch import CancelWatch
 from forwarder.worker.crash_loop import CrashLoopGuard
@@ -144,7 +144,7 @@ class TaskLifecycle:
                 self.cancel_watch.guard(task_id, limits),
                 model_call_span(task_id, trace_headers) as headers,
             ):
-                return self.model_call(payload, headers, writer)
+                reply = self.model_call(payload, headers, writer)
         except TaskStopped as stopped:
             self.stop(task, stopped)
         except ModelServerUnavailable as error:
@@ -154,6 +154,11 @@ class TaskLifecycle:
         finally:
             metrics.model_call(self.queue, time.perf_counter() - started)
             metrics.in_flight(self.queue, -1)
+        status = reply.get("status_code") if isinstance(reply, dict) else None
+        if isinstance(status, int):
+            # Read by the log line of the finished task, so a 404 is not taken for a success.
+            setattr(task.request, MODEL_STATUS_ATTRIBUTE, status)
+        return reply
 
     def refuse(self, task: Any, problem: str) -> NoReturn:
         """Dead-letter a delivery nothing can be stored for, and acknowledge it; never lose it."""
