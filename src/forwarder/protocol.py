@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "CANCELED",
     "CANCEL_KEY_PREFIX",
+    "COMPLETED_STATES",
     "DEAD_LETTER_SUFFIX",
     "DELIVERIES_KEY_PREFIX",
     "EXPIRED",
@@ -52,6 +53,10 @@ TIMEOUT = "TIMEOUT"
 CANCELED = "CANCELED"
 STOPPED_STATES = frozenset({EXPIRED, TIMEOUT, CANCELED})
 FINAL_STATES = frozenset({SUCCESS, FAILURE, *STOPPED_STATES})
+# The final states a worker stores once a delivery has run: a redelivery finding one is
+# acknowledged and not run again. Not CANCELED: a client stores it for a task still queued, and
+# the worker that then takes the message still ends it (with its hooks).
+COMPLETED_STATES = frozenset({SUCCESS, FAILURE, EXPIRED, TIMEOUT})
 
 # Keys in the result backend's key/value store, each followed by a task id.
 CANCEL_KEY_PREFIX = "forwarder-cancel-"
