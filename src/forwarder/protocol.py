@@ -14,6 +14,7 @@ import re
 __all__ = [
     "CANCELED",
     "CANCEL_KEY_PREFIX",
+    "COMPLETED_STATES",
     "DEAD_LETTER_SUFFIX",
     "DELIVERIES_KEY_PREFIX",
     "EVENTS_KEY_PREFIX",
@@ -61,6 +62,10 @@ TIMEOUT = "TIMEOUT"
 CANCELED = "CANCELED"
 STOPPED_STATES = frozenset({EXPIRED, TIMEOUT, CANCELED})
 FINAL_STATES = frozenset({SUCCESS, FAILURE, *STOPPED_STATES})
+# The final states a worker stores once a delivery has run: a redelivery finding one is
+# acknowledged and not run again. Not CANCELED: a client stores it for a task still queued, and
+# the worker that then takes the message still ends it (with its hooks).
+COMPLETED_STATES = frozenset({SUCCESS, FAILURE, EXPIRED, TIMEOUT})
 
 # Keys in the result backend's key/value store, each followed by a task id.
 CANCEL_KEY_PREFIX = "forwarder-cancel-"

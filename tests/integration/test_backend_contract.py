@@ -272,11 +272,6 @@ def test_admission_counts_deliveries_reads_the_marker_and_keeps_a_success(store:
     assert (admission.canceled, admission.deliveries, admission.started_stored) == (False, 1, False)
     assert status(expired) == states.PENDING
 
-    done = new_id()
-    store.backend.store_result(done, SUCCESS_RESULT, states.SUCCESS)
-    assert admit(store, done).deliveries == 1
-    assert store.client.get(done) == TaskResult(done, states.SUCCESS, result=SUCCESS_RESULT)
-
 
 def test_a_cancel_that_lands_during_admission_is_never_overwritten_by_started(
     store: Store, monkeypatch: pytest.MonkeyPatch
@@ -338,3 +333,33 @@ def test_a_cancel_never_overwrites_a_started_stored_after_its_read(store: Store)
     finally:
         del backend.get
     assert store.client.get(task_id).status == states.STARTED
+
+
+@pytest.mark.parametrize("state", [states.SUCCESS, states.FAILURE])
+def test_admission_of_a_completed_task_answers_completed_and_changes_nothing(
+    store: Store, state: str
+) -> None:
+    task_id = new_id()
+    admit(store, task_id)
+    if state == states.SUCCESS:
+        store.backend.store_result(task_id, SUCCESS_RESULT, states.SUCCESS)
+    else:
+        store.backend.mark_as_failure(task_id, raised(PayloadError("bad payload")))
+    before = store.stored(task_id)
+    # A redelivery: the same id again, whether it may start or has expired since.
+    for may_start in (True, False):
+        admission = admit(store, task_id, may_start=may_start)
+        assert admission.completed == state
+        assert (admission.canceled, admission.started_stored) == (False, False)
+        assert not admission.may_start(5)
+    assert store.stored(task_id) == before, "no STARTED stored over the completed result"
+    count = store.backend.get(store.backend.deliveries_key(task_id, 0))
+    assert int(count) == 1, "a redelivery of completed work is not counted"
+
+
+def test_admission_of_a_task_stopped_by_a_client_is_not_completed(store: Store) -> None:
+    task_id = new_id()
+    store.backend.set(store.backend.cancel_key(task_id), json.dumps({"task_id": task_id}))
+    store.backend.store_stopped(task_id, TaskCanceled("canceled before it started"))
+    admission = admit(store, task_id)
+    assert (admission.completed, admission.canceled, admission.deliveries) == (None, True, 1)

@@ -147,8 +147,19 @@ def test_no_started_for_a_task_that_may_not_start(backend: RedisBackend) -> None
 
 def test_started_never_replaces_a_success(backend: RedisBackend) -> None:
     backend.store_result("a", "done", states.SUCCESS)
-    assert admit(backend, starting()).started_stored is True
+    admission = admit(backend, starting())
+    assert (admission.completed, admission.started_stored) == (states.SUCCESS, False)
     assert stored(backend, "a")["status"] == states.SUCCESS
+
+
+def test_a_completed_task_is_answered_in_the_same_round_trip(
+    backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admit(backend, starting(), task_id="warm-up")
+    backend.store_result("a", "done", states.SUCCESS)
+    round_trips = RoundTrips(backend, monkeypatch)
+    assert admit(backend, starting()).completed == states.SUCCESS
+    assert round_trips.count == 1
 
 
 def test_the_scripts_are_sent_again_after_redis_forgets_them(backend: RedisBackend) -> None:

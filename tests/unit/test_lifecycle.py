@@ -32,7 +32,15 @@ from forwarder.errors import (
 )
 from forwarder.hooks import Hook, HookRunner, TaskOutcome
 from forwarder.observability import metrics
-from forwarder.protocol import CANCELED, EXPIRED, FAILURE, LIRA_TASK_NAME, SUCCESS, TIMEOUT
+from forwarder.protocol import (
+    CANCELED,
+    COMPLETED_STATES,
+    EXPIRED,
+    FAILURE,
+    LIRA_TASK_NAME,
+    SUCCESS,
+    TIMEOUT,
+)
 from forwarder.worker.cancel_watch import CancelWatch
 from forwarder.worker.crash_loop import CrashLoopGuard
 from forwarder.worker.interrupts import Call, Interrupt
@@ -52,6 +60,9 @@ class MemoryBackend:
         self.states: dict[str, tuple[str, Any]] = {}
 
     def admit(self, task_id: str, retries: int, starting: StartingTask | None) -> Admission:
+        stored = self.states.get(task_id, ("PENDING", None))[0]
+        if stored in COMPLETED_STATES:
+            return Admission(False, 0, completed=stored)
         self.counts[task_id, retries] += 1
         admission = Admission(task_id in self.markers, self.counts[task_id, retries])
         if starting is not None and admission.may_start(starting.max_deliveries):
@@ -77,6 +88,13 @@ class Store:
             self.backend.markers.add(task_id)
         else:
             self.backend.set(self.backend.cancel_key(task_id), "{}")
+
+    def store(self, task_id: str, state: str, value: Any) -> None:
+        """What Celery stores at a task's end."""
+        if isinstance(self.backend, MemoryBackend):
+            self.backend.states[task_id] = (state, value)
+        else:
+            self.backend.store_result(task_id, value, state)
 
     def state(self, task_id: str) -> str:
         if isinstance(self.backend, MemoryBackend):
@@ -172,6 +190,7 @@ class Recording(Hook):
 class Metrics(metrics.Recorder):
     def __init__(self) -> None:
         self.finished: list[str] = []
+        self.skipped: list[str] = []
         self.received = 0
         self.in_flight_total = 0
 
@@ -184,6 +203,10 @@ class Metrics(metrics.Recorder):
 
     def in_flight(self, queue: str, delta: int) -> None:
         self.in_flight_total += delta
+
+    def redelivery_skipped(self, queue: str, status: str) -> None:
+        assert queue == QUEUE
+        self.skipped.append(status)
 
 
 @pytest.fixture
@@ -286,6 +309,36 @@ def test_a_bad_limit_fails_the_task_before_admission(store: Store, recorded: Met
     assert pipe.sent == []
     assert [o.status for o in pipe.hook.outcomes] == [FAILURE]
     assert recorded.finished == ["failure"]
+
+
+@pytest.mark.parametrize("state", [SUCCESS, FAILURE])
+def test_a_redelivery_of_a_completed_task_is_acknowledged_and_not_run_again(
+    store: Store, recorded: Metrics, caplog: pytest.LogCaptureFixture, state: str
+) -> None:
+    pipe = pipeline(store)
+    task = make_task(store)
+    first = run(pipe, task)
+    store.store("task-1", state, first if state == SUCCESS else PayloadError("bad"))
+    with caplog.at_level(logging.INFO, logger="forwarder.worker.lifecycle"), pytest.raises(Ignore):
+        run(pipe, make_task(store))
+    assert len(pipe.sent) == 1, "the model is called once"
+    assert [o.status for o in pipe.hook.outcomes] == [SUCCESS], "the hooks ran for the first only"
+    assert store.state("task-1") == state, "nothing stored over the first run's result"
+    assert recorded.finished == ["success"]
+    assert recorded.skipped == [state.lower()]
+    assert recorded.in_flight_total == 0
+    assert caplog.messages == [
+        f"task task-1: already {state}, redelivery acknowledged without running it again"
+    ]
+
+
+def test_a_client_canceled_queued_task_still_ends_with_its_hooks(store: Store) -> None:
+    pipe = pipeline(store)
+    store.cancel("task-1")
+    store.backend.store_stopped("task-1", TaskCanceled("canceled"))
+    with pytest.raises(Ignore):
+        run(pipe, make_task(store))
+    assert [o.status for o in pipe.hook.outcomes] == [CANCELED]
 
 
 # ------------------------------------------------------------------------------------ stopped

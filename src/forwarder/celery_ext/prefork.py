@@ -11,6 +11,15 @@ decodes it, pickle hits the recursion limit) made ``apply_async`` raise in the w
 process, which Celery treats as unrecoverable: the whole worker stopped, and the redelivered
 message stopped the next one too (found by tests/faults). That task now fails on its own, with
 a readable error, and its half-registered job is dropped from the pool's bookkeeping.
+
+Without an event loop (the embedded broker's transport has none) Celery runs billiard's blocking
+pool, whose children share one job pipe guarded by one lock, and billiard's idle child waits for
+its next job inside that lock. A child killed with SIGKILL while idle took the lock with it: its
+replacement and every other child waited on it for good, tasks stayed PENDING and a warm shutdown
+hung on the same lock (Celery #2011, billiard #104). Here an idle child waits on the pipe alone
+and takes the lock only to read a job already there, so killing it leaves the lock free. (The
+event-loop pool gives each child pipes of its own, with no lock, and recreates a killed child's
+pipes itself.)
 """
 
 from __future__ import annotations
@@ -19,12 +28,15 @@ import logging
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
+from billiard.pool import Pool as BlockingPool
+from billiard.queues import SimpleQueue
+from billiard.reduction import ForkingPickler
 from celery.concurrency.asynpool import AsynPool
 from celery.concurrency.prefork import TaskPool
 
 from forwarder.errors import PayloadError
 
-__all__ = ["PreforkPool"]
+__all__ = ["IdleSafeJobQueue", "PreforkPool"]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +51,44 @@ class PromptAsynPool(AsynPool):  # type: ignore[misc]
             hub.call_later(delay, self.maintain_pool)
 
 
+# What a child's read returns when another child took the job first: falsy, so billiard's child
+# loop waits again (None would be the stop sentinel).
+NO_JOB = ()
+
+
+class IdleSafeJobQueue(SimpleQueue):  # type: ignore[misc]
+    """The blocking pool's job pipe, never waited on with its lock held.
+
+    Without ``get_payload`` billiard's child polls the pipe (unlocked) before each ``get``; the
+    lock then covers the read of one job only. Every idle child wakes for each job and one reads
+    it; the others find the pipe empty and wait again.
+    """
+
+    get_payload = None
+
+    def get(self) -> Any:
+        with self._rlock:
+            if not self._reader.poll(0):
+                return NO_JOB
+            payload = self._reader.recv_bytes()
+        return ForkingPickler.loads(payload)
+
+
+class IdleSafeBlockingPool(BlockingPool):  # type: ignore[misc]
+    def _setup_queues(self) -> None:
+        super()._setup_queues()
+        shared: Any = self._inqueue  # type: ignore[has-type]
+        self._inqueue = IdleSafeJobQueue(ctx=self._ctx)
+        self._quick_put = self._inqueue._writer.send
+        shared.close()
+
+
 class PreforkPool(TaskPool):  # type: ignore[misc]
-    """Prefork, with exited children replaced within a second."""
+    """Prefork, with exited children replaced within a second, and an idle child's SIGKILL
+    harmless to the others."""
 
     Pool = PromptAsynPool
+    BlockingPool = IdleSafeBlockingPool
 
     # Not on_apply: Celery's prefork pool replaces that with its pool's method once started.
     def apply_async(self, *args: Any, **options: Any) -> Any:

@@ -41,6 +41,9 @@ class Recorder:
     def task_finished(self, queue: str, status: str) -> None:
         pass
 
+    def redelivery_skipped(self, queue: str, status: str) -> None:
+        pass
+
     def model_call(self, queue: str, seconds: float) -> None:
         pass
 
@@ -74,6 +77,11 @@ class PrometheusRecorder(Recorder):
         self.finished = Counter(
             "forwarder_tasks_finished",
             "Tasks by how their run ended: success, failure, retry, expired, timeout, canceled.",
+            ["queue", "status"],
+        )
+        self.skipped = Counter(
+            "forwarder_redeliveries_skipped",
+            "Redeliveries of a task already completed, acknowledged without running it again.",
             ["queue", "status"],
         )
         self.stuck = Counter(
@@ -130,6 +138,9 @@ class PrometheusRecorder(Recorder):
 
     def task_finished(self, queue: str, status: str) -> None:
         self.finished.labels(queue, status).inc()
+
+    def redelivery_skipped(self, queue: str, status: str) -> None:
+        self.skipped.labels(queue, status).inc()
 
     def model_call(self, queue: str, seconds: float) -> None:
         self.model_seconds.labels(queue).observe(seconds)

@@ -8,7 +8,8 @@
 2. trace context: ``traceparent`` / ``tracestate`` from its kwargs or its message headers;
 3. limits: ``ttl_seconds``, ``timeout_seconds``, ``submitted_at`` from its kwargs (a bad one fails
    the task); any other kwarg is ignored with a warning (``forwarder.worker.limits``);
-4. admission: cancel marker, TTL and delivery count, then STARTED (``forwarder.worker.admission``);
+4. admission: a result stored already, cancel marker, TTL and delivery count, then STARTED
+   (``forwarder.worker.admission``);
 5. interruption: the model call is abandoned past its deadline or once canceled
    (``forwarder.worker.cancel_watch``);
 6. the model call: the payload POSTed to the model server (``forwarder.worker.forwarding``), a
@@ -24,6 +25,11 @@ with ``Ignore`` (for which Celery calls no ``after_return`` and stores nothing o
 post-inference hooks in the same slot, once the result is stored. A stopped state is as final as
 the other two: stored with the fields a FAILURE has (``exc_type``, ``exc_message``, ``custom``),
 its message acknowledged, never retried and never delivered again.
+
+A redelivery of a task an earlier delivery completed (its worker was lost after the store but
+before the acknowledgement, or a producer published the message twice) never reaches ``finish``:
+``skip_completed`` acknowledges it the same way, and the result and the hooks' calls stay those of
+the first run.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from forwarder.hooks import HookRunner, TaskOutcome
 from forwarder.observability.metrics import recorder
 from forwarder.observability.tracing import model_call_span, pop_trace_context
 from forwarder.protocol import MODEL_STATUS_ATTRIBUTE, SUCCESS, task_id_problem
-from forwarder.worker.admission import admit
+from forwarder.worker.admission import Completed, admit
 from forwarder.worker.cancel_watch import CancelWatch
 from forwarder.worker.crash_loop import CrashLoopGuard
 from forwarder.worker.limits import TaskLimits
@@ -126,9 +132,11 @@ class TaskLifecycle:
         limits = TaskLimits.pop_from(extra)
         if extra:
             log.warning("task %s: ignoring keyword argument(s) %s", request.id, sorted(extra))
-        stopped = admit(task, limits, self.crash_loop)
-        if stopped is not None:
-            self.stop(task, stopped)
+        verdict = admit(task, limits, self.crash_loop)
+        if isinstance(verdict, Completed):
+            self.skip_completed(task, verdict.state)
+        if verdict is not None:
+            self.stop(task, verdict)
         return self._call_model(task, payload, limits, trace_headers)
 
     def _call_model(
@@ -175,6 +183,16 @@ class TaskLifecycle:
         """End the task with ``error``'s state, and have Celery acknowledge its message."""
         self.finish(task, Outcome.stopped(error))
         # Ignore: acknowledged, not retried, and nothing stored over the state just written.
+        raise Ignore()
+
+    def skip_completed(self, task: Any, state: str) -> NoReturn:
+        """Acknowledge a redelivery of a completed task: no model call, no store, no hooks."""
+        log.info(
+            "task %s: already %s, redelivery acknowledged without running it again",
+            task.request.id,
+            state,
+        )
+        recorder().redelivery_skipped(self.queue, state.lower())
         raise Ignore()
 
     def finish(self, task: Any, outcome: Outcome) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from celery import states
 from celery.exceptions import BackendStoreError
 
-from forwarder.protocol import CANCELED, cancel_key_name, deliveries_key_name
+from forwarder.protocol import CANCELED, COMPLETED_STATES, cancel_key_name, deliveries_key_name
 
 __all__ = [
     "Admission",
@@ -72,11 +72,14 @@ class StartingTask:
 @dataclass(frozen=True)
 class Admission:
     canceled: bool
-    deliveries: int  # this one included
+    deliveries: int  # this one included (0 for a completed task: not counted)
     started_stored: bool = False  # the task may start, and STARTED is stored
+    # The completed state (``protocol.COMPLETED_STATES``) an earlier delivery stored, if any: this
+    # one is a redelivery of finished work, and nothing more is read, counted or stored for it.
+    completed: str | None = None
 
     def may_start(self, max_deliveries: int) -> bool:
-        return not self.canceled and self.deliveries <= max_deliveries
+        return self.completed is None and not self.canceled and self.deliveries <= max_deliveries
 
 
 class ForwarderBackendMixin(ErrorPayloadMixin):
@@ -100,7 +103,8 @@ class ForwarderBackendMixin(ErrorPayloadMixin):
         self.store_result(task_id, self.prepare_exception(error), error.state, request=request)
 
     def admit(self: Any, task_id: str, retries: int, starting: StartingTask | None) -> Admission:
-        """Read the cancel marker, count this delivery, and store STARTED if the task may start.
+        """Read the stored state and the cancel marker, count this delivery, and store STARTED if
+        the task may start. A task whose result is completed already answers that alone.
 
         ``starting`` is None for a task that may not start whatever the marker says (it expired).
         Retried like Celery's own result stores (``result_backend_always_retry``): a backend that
@@ -160,10 +164,7 @@ class ForwarderBackendMixin(ErrorPayloadMixin):
         return self.encode(meta)
 
     def _stored_status(self: Any, raw: Any) -> str:
-        if raw is None:
-            return str(states.PENDING)
-        meta = self.decode(raw)
-        return str(meta.get("status", states.PENDING)) if isinstance(meta, dict) else states.PENDING
+        return self._status(raw) or str(states.PENDING)
 
     def _set_if_unchanged(self: Any, key: Any, expected: Any, value: Any) -> bool:
         """Set ``key`` to ``value`` if it still holds ``expected`` (None: absent); True if set.
@@ -178,13 +179,29 @@ class ForwarderBackendMixin(ErrorPayloadMixin):
     def _read_admission(
         self: Any, task_id: str, retries: int, starting: StartingTask | None
     ) -> Admission:
-        # The marker and the count in one mget, the count written back: not atomic, which is
-        # harmless here because a task is redelivered only once the worker that had it has gone.
+        # The result, the marker and the count in one mget, the count written back: not atomic,
+        # which is harmless here because a task is redelivered only once the worker that had it
+        # has gone.
         count_key = self.deliveries_key(task_id, retries)
-        marker, stored = list(self.mget([self.cancel_key(task_id), count_key]))
+        keys = [self.get_key_for_task(task_id), self.cancel_key(task_id), count_key]
+        result, marker, stored = list(self.mget(keys))
+        completed = self._status(result)
+        if completed in COMPLETED_STATES:
+            return Admission(False, 0, completed=completed)
         deliveries = _count(stored) + 1
         self.set(count_key, str(deliveries))
         return Admission(marker is not None, deliveries)
+
+    def _status(self: Any, raw: Any) -> str | None:
+        """The status of a stored result as it is (no exception rebuilt), None if unreadable."""
+        if raw is None:
+            return None
+        try:
+            meta = self.decode(raw)
+        except Exception:  # whatever another writer left there: not a result of ours
+            return None
+        status = meta.get("status") if isinstance(meta, dict) else None
+        return status if isinstance(status, str) else None
 
 
 def _count(stored: Any) -> int:

@@ -4,7 +4,8 @@ Celery reads a task's result before each write, so that a duplicate delivery nev
 SUCCESS, then writes and publishes it in a second round trip. Here the read, the check and the
 write run as one Lua script: half the round trips of every store, and the check and the write can
 no longer be split by another worker's write. A delivery's admission (cancel marker, delivery
-count, expiring with the results) and its STARTED state are one script too. The scripts are in
+count, expiring with the results), the check that the task is not completed already, and its
+STARTED state are one script too. The scripts are in
 ``lua/``, beside this module.
 """
 
@@ -19,6 +20,7 @@ from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
 from forwarder.celery_ext.backends.base import Admission, ForwarderBackendMixin, StartingTask
+from forwarder.protocol import COMPLETED_STATES
 
 __all__ = ["RedisBackend"]
 
@@ -73,7 +75,8 @@ class RedisBackend(ForwarderBackendMixin, CeleryRedisBackend):  # type: ignore[m
     def _read_admission(
         self, task_id: str, retries: int, starting: StartingTask | None
     ) -> Admission:
-        """One round trip: the marker, the count and, if the task may start, STARTED."""
+        """One round trip: the stored state, the marker, the count and, if the task may start,
+        STARTED."""
         started_meta = ""
         # With another serializer STARTED is stored afterwards, through Celery's path.
         if starting is not None and self.serializer == "json":
@@ -90,9 +93,12 @@ class RedisBackend(ForwarderBackendMixin, CeleryRedisBackend):  # type: ignore[m
             starting.max_deliveries if starting is not None else 0,
             started_meta,
             self._expiry,
+            *sorted(COMPLETED_STATES),
         ]
-        canceled, deliveries, started = self._run("admit", keys, args)
-        return Admission(bool(canceled), int(deliveries), bool(started))
+        canceled, deliveries, started, completed = self._run("admit", keys, args)
+        if isinstance(completed, bytes):
+            completed = completed.decode()
+        return Admission(bool(canceled), int(deliveries), bool(started), completed or None)
 
     @property
     def _expiry(self) -> int:
