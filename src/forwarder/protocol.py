@@ -20,6 +20,7 @@ __all__ = [
     "IDEMPOTENCY_KEY_PREFIX",
     "LEGACY_TASK_NAME",
     "LIRA_TASK_NAME",
+    "OWNER_KEY_PREFIX",
     "STOPPED_STATES",
     "SUBMITTED_KWARG",
     "SUCCESS",
@@ -30,6 +31,7 @@ __all__ = [
     "TTL_KWARG",
     "cancel_key_name",
     "deliveries_key_name",
+    "owner_key_name",
 ]
 
 # model-engine's two names for the one task.
@@ -56,6 +58,8 @@ FINAL_STATES = frozenset({SUCCESS, FAILURE, *STOPPED_STATES})
 # Keys in the result backend's key/value store, each followed by a task id.
 CANCEL_KEY_PREFIX = "forwarder-cancel-"
 DELIVERIES_KEY_PREFIX = "forwarder-deliveries-"
+# Which gateway caller (a hash of its token, never the token) submitted the task.
+OWNER_KEY_PREFIX = "forwarder-owner-"
 # Followed by a hash of the caller's key, in the store beside the results.
 IDEMPOTENCY_KEY_PREFIX = "forwarder-idempotency-"
 # The dead-letter queue's name is the work queue's with this after it (before a FIFO's .fifo);
@@ -71,3 +75,8 @@ def cancel_key_name(task_id: str) -> str:
 def deliveries_key_name(task_id: str, retries: int) -> str:
     """The count of deliveries of one message of ``task_id`` (a retry is a new message)."""
     return f"{DELIVERIES_KEY_PREFIX}{task_id}-{retries}"
+
+
+def owner_key_name(task_id: str) -> str:
+    """The record of which gateway caller submitted ``task_id``."""
+    return f"{OWNER_KEY_PREFIX}{task_id}"

@@ -8,7 +8,9 @@ the settings that name it. Imports only the standard library, PyYAML and the set
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from forwarder.config.parsers import boolean
 from forwarder.config.schema import SETTINGS, flags_for
 from forwarder.config.settings import Settings, load_settings
 
@@ -23,12 +25,15 @@ def add_settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
     )
     for setting in flags_for(command):
         variables = f" (env {', '.join(setting.env)})" if setting.env else ""
+        # A yes/no setting's flag alone means true; ``--flag false`` still says no.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if setting.parse is boolean else {}
         parser.add_argument(
             setting.flag,
             *setting.aliases,
             dest=setting.dest,
             metavar=setting.metavar,
             help=f"{setting.help}{variables}",
+            **switch,
         )
 
 
