@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["ROUTE_ACCESS", "GatewaySettings"]
 
-# Who may read /docs, /openapi.json and /metrics: anyone, a token holder, or no one (not served).
-ROUTE_ACCESS = ("public", "token", "off")
+# Who may read /docs, /openapi.json and /metrics: anyone, a token holder, or no one (not
+# served). Not "off": YAML reads that as false.
+ROUTE_ACCESS = ("public", "token", "disabled")
 
 
 @dataclass(frozen=True)

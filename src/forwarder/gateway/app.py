@@ -135,7 +135,7 @@ def create_app(
             broker.close()
             store.close()
 
-    docs = gateway.docs_access != "off"
+    docs = gateway.docs_access != "disabled"
     app = FastAPI(
         title="inference-forwarder gateway",
         version=__version__,
@@ -177,5 +177,5 @@ def _add_edges(app: FastAPI, gateway: GatewaySettings) -> None:
     )
     if gateway.trusted_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(gateway.trusted_hosts))
-    served_here = gateway.metrics_access != "off" and gateway.metrics_port is None
+    served_here = gateway.metrics_access != "disabled" and gateway.metrics_port is None
     app.state.metrics_registry = add_metrics(app, route=served_here)

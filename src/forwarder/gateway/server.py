@@ -119,7 +119,7 @@ def _listening_socket(settings: Settings) -> socket.socket:
 
 def _serve_metrics(settings: Settings, registry: Any) -> None:
     gateway = settings.gateway
-    if gateway.metrics_port is None or gateway.metrics_access == "off":
+    if gateway.metrics_port is None or gateway.metrics_access == "disabled":
         return
     try:
         start_http_server(gateway.metrics_port, gateway.metrics_host, registry=registry)
