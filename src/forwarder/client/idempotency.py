@@ -142,7 +142,7 @@ def submit_once(
         store.mark_sent(key, claim.task_id)
     except Exception:
         # The task is queued: say so. The claim stays unsent, so a retry after the lease sends
-        # it again under the same id, which the worker's admission counts as a redelivery.
+        # it again under the same id: at worst two messages for one task id, never none.
         log.warning("idempotency key %s: task %s sent, not marked sent", key, task_id)
     return task_id, True
 
