@@ -26,7 +26,7 @@ from forwarder.config.settings import load_settings
 from forwarder.devtools.localrun import free_port
 from forwarder.errors import ConfigError
 from forwarder.gateway.server import _refuse_anonymous
-from support.env import base_env
+from support.env import GATEWAY_ENV_VARS, base_env
 from support.processes import Processes
 
 pytestmark = pytest.mark.integration
@@ -228,3 +228,17 @@ def test_without_tokens_a_public_address_is_refused_unless_allowed(tmp_path: Pat
     with pytest.raises(ConfigError):
         _refuse_anonymous(load_settings(env={}), public)
     _refuse_anonymous(load_settings(env={}), ("::1", 8000, 0, 0))
+
+
+def test_allow_anonymous_is_a_switch_on_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from forwarder.cli.commands import build_parser
+    from forwarder.cli.flags import settings_from
+
+    for name in GATEWAY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    parser = build_parser()
+    assert settings_from(parser.parse_args(["gateway"])).gateway.allow_anonymous is False
+    alone = parser.parse_args(["gateway", "--allow-anonymous", "--port", "0"])
+    assert settings_from(alone).gateway.allow_anonymous is True
+    said_no = parser.parse_args(["gateway", "--allow-anonymous", "false"])
+    assert settings_from(said_no).gateway.allow_anonymous is False
