@@ -149,7 +149,10 @@ class Authentication:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.accepted:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self.accepted:
             scope[PRINCIPAL_SCOPE_KEY] = ANONYMOUS
             await self.app(scope, receive, send)
             return
