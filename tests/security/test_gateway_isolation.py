@@ -105,9 +105,8 @@ def _fail(data_dir: Path, task_id: str) -> None:
             '  File "/srv/forwarder/worker/forwarding.py", line 88, in call_model\n'
             "RuntimeError: model server refused"
         )
-        client.app.backend.mark_as_failure(
-            task_id, RuntimeError("model server refused"), traceback=trace
-        )
+        refused = RuntimeError("model server http://10.0.3.7:5005/predict refused (10.0.3.7:5005)")
+        client.app.backend.mark_as_failure(task_id, refused, traceback=trace)
 
 
 def _failed_view(procs: Processes, tmp_path: Path, *sets: str) -> dict[str, Any]:
@@ -127,7 +126,7 @@ def test_a_failure_shows_its_type_and_message_not_the_stack_trace(
 ) -> None:
     hidden = _failed_view(procs, tmp_path)
     assert hidden["status"] == "FAILURE"
-    assert hidden["traceback"] == "RuntimeError: model server refused"
+    assert hidden["traceback"] == "RuntimeError: model server <url> refused (<address>)"
     shown = _failed_view(procs, tmp_path, "gateway.expose_tracebacks=true")
     assert shown["traceback"].startswith("Traceback (most recent call last):")
     assert "/srv/forwarder/worker/forwarding.py" in shown["traceback"]

@@ -10,6 +10,7 @@ without asking.
 # at run time, and they name values local to the functions that add the routes (the principal).
 
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,10 @@ _ENDED_WITHOUT_RESULT = {
     TaskStatus.CANCELED,
 }
 TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN, max_length=200)]
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
+_ADDRESS = re.compile(
+    r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\[[0-9a-fA-F:]*:[0-9a-fA-F:.]*\](?::\d+)?"
+)
 
 
 class TaskBroker(Protocol):
@@ -133,10 +138,14 @@ class TaskRoutes:
 
 
 def _error_text(task: TaskResult) -> str | None:
-    """The error's type and message, as a client may be shown them."""
-    if task.error and task.error_type and not task.error.startswith(f"{task.error_type}:"):
-        return f"{task.error_type}: {task.error}"
-    return task.error
+    """The error's type and message, as a client may be shown them: URLs and IP addresses in
+    the message (the model server's, a store's) replaced, as they say where the internals are."""
+    text = task.error
+    if text and task.error_type and not text.startswith(f"{task.error_type}:"):
+        text = f"{task.error_type}: {text}"
+    if text:
+        text = _ADDRESS.sub("<address>", _URL.sub("<url>", text))
+    return text
 
 
 def task_view(task: TaskResult, *, expose_tracebacks: bool = False) -> GetAsyncTaskV1Response:
