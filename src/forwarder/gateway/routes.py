@@ -47,6 +47,7 @@ __all__ = [
     "add_health_routes",
     "add_submit_route",
     "add_task_routes",
+    "include_task_router",
     "task_view",
 ]
 
@@ -124,7 +125,8 @@ class TaskRoutes:
         return owned_task  # one callable, so FastAPI runs it once per request however named
 
     def task_router(self) -> APIRouter:
-        """The router of every ``/v1/async-tasks/{task_id}...`` route, each owner-checked."""
+        """A router for ``/v1/async-tasks/{task_id}...`` routes, each owner-checked; add its
+        routes with ``include_task_router``."""
         responses = {
             **self.responses,
             404: {"model": ErrorResponse, "description": "No task of this caller has this id"},
@@ -273,7 +275,16 @@ def add_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
     async def cancel_async_task(task_id: OwnedTask) -> GetAsyncTaskV1Response:
         return task_view(await _blocking(broker.cancel, task_id), expose_tracebacks=expose)
 
-    app.include_router(router)
+    include_task_router(app, router)
+
+
+def include_task_router(app: FastAPI, router: APIRouter) -> None:
+    """Add the routes of a ``TaskRoutes.task_router()`` to ``app``, each owner-checked.
+
+    Added as they are (each already carries the router's dependency and responses) rather than
+    included: an included router hides its routes' templates from the metrics' route label.
+    """
+    app.router.routes.extend(router.routes)
 
 
 def add_health_routes(app: FastAPI, check_broker: Callable[[], None]) -> None:
