@@ -2,9 +2,10 @@
 
 They come from the config file's top-level ``gateway`` section (``--set gateway.port=8080``
 applies), the environment (``FORWARDER_GATEWAY_HOST``, ``FORWARDER_GATEWAY_PORT``,
-``FORWARDER_GATEWAY_TOKENS``: comma-separated) and the ``gateway`` command's ``--host`` and
-``--port``; each wins over the one before (``forwarder.config.schema`` lists them). Tokens are
-never shown: not in a ``repr``, an error or ``check-config``.
+``FORWARDER_GATEWAY_TOKENS`` and ``FORWARDER_GATEWAY_TRUSTED_HOSTS``: comma-separated, and
+others ``forwarder.config.schema`` lists) and the ``gateway`` command's ``--host``, ``--port``
+and ``--allow-anonymous``; each wins over the one before. Tokens are never shown: not in a
+``repr``, an error or ``check-config``.
 
 docs/security.md says what each of the edge's limits defends against.
 """
