@@ -25,6 +25,7 @@ __all__ = [
     "LEGACY_TASK_NAME",
     "LIRA_TASK_NAME",
     "MODEL_STATUS_ATTRIBUTE",
+    "OWNER_KEY_PREFIX",
     "STOPPED_STATES",
     "SUBMITTED_KWARG",
     "SUCCESS",
@@ -37,6 +38,7 @@ __all__ = [
     "cancel_key_name",
     "deliveries_key_name",
     "events_key_name",
+    "owner_key_name",
     "task_id_problem",
 ]
 
@@ -72,6 +74,8 @@ CANCEL_KEY_PREFIX = "forwarder-cancel-"
 DELIVERIES_KEY_PREFIX = "forwarder-deliveries-"
 # A task's event log: a Redis stream, a JSON-lines file, or a folder of S3 objects.
 EVENTS_KEY_PREFIX = "forwarder-events-"
+# Which gateway caller (a hash of its token, never the token) submitted the task.
+OWNER_KEY_PREFIX = "forwarder-owner-"
 # Followed by a hash of the caller's key, in the store beside the results.
 IDEMPOTENCY_KEY_PREFIX = "forwarder-idempotency-"
 # The dead-letter queue's name is the work queue's with this after it (before a FIFO's .fifo);
@@ -107,3 +111,8 @@ def task_id_problem(task_id: object) -> str | None:
 def events_key_name(task_id: str) -> str:
     """Where ``task_id``'s event log is kept, beside its result."""
     return f"{EVENTS_KEY_PREFIX}{task_id}"
+
+
+def owner_key_name(task_id: str) -> str:
+    """The record of which gateway caller submitted ``task_id``."""
+    return f"{OWNER_KEY_PREFIX}{task_id}"

@@ -325,7 +325,10 @@ def test_limits_and_auth_on_the_real_gateway(stacks: Stacks) -> None:
         assert http.post(url, json={"args": 1}, headers=headers, timeout=10).status_code == 401
         assert http.get(f"{url}/x", headers=headers, timeout=10).status_code == 401
     # model-engine's clients: the token as the Basic user name.
-    assert http.get(f"{url}/x", auth=(TOKEN, ""), timeout=10).status_code == 200
+    task_id = http.post(url, json={"args": 1}, auth=(TOKEN, ""), timeout=10).json()["task_id"]
+    assert http.get(f"{url}/{task_id}", auth=(TOKEN, ""), timeout=10).status_code == 200
+    # An id this gateway never issued: the same 404 as another caller's task.
+    assert http.get(f"{url}/x", auth=(TOKEN, ""), timeout=10).status_code == 404
 
 
 def test_health_readiness_and_the_openapi_document(stacks: Stacks, procs: Processes) -> None:

@@ -46,14 +46,27 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 class MemoryBroker:
-    """Records every call; ``tasks`` holds what ``get`` answers; ``fail`` makes submit raise."""
+    """Records every call; ``tasks`` holds what ``get`` answers; ``fail`` makes submit raise.
+
+    It keeps the owner records too; a task a test puts in ``tasks`` reads as the anonymous
+    caller's.
+    """
 
     def __init__(self) -> None:
         self.submitted: list[dict[str, Any]] = []
         self.tasks: dict[str, TaskResult] = {}
         self.canceled: list[str] = []
+        self.owners: dict[str, str] = {}
         self.fail: Exception | None = None
         self.lock = threading.Lock()
+
+    def record(self, task_id: str, principal: str) -> None:
+        self.owners[task_id] = principal
+
+    def owner(self, task_id: str) -> str | None:
+        if self.fail is not None:
+            raise self.fail
+        return self.owners.get(task_id, "anonymous" if task_id in self.tasks else None)
 
     def submit(
         self,
@@ -133,6 +146,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
                 settings,
                 broker,
                 idempotency=FileStore(tmp_path / f"keys-{len(servers)}"),
+                owners=broker,
                 broker_check=broker_check or (lambda: None),
             )
         sock = socket.socket()
@@ -239,7 +253,8 @@ def test_success_lifts_status_code_out_of_the_result(serve: Callable[..., Served
         (_stored("RETRY"), "PENDING", None),
         (_stored("REVOKED"), "CANCELED", None),
         (_stored("SOMETHING-NEW"), "UNDEFINED", None),
-        (_stored("FAILURE", error="E: boom", traceback="Traceback...\nE: boom"), "FAILURE", "Traceback...\nE: boom"),
+        (_stored("FAILURE", error="E: boom", traceback="Traceback...\nE: boom"), "FAILURE", "E: boom"),
+        (_stored("FAILURE", error="boom", error_type="E", traceback="Traceback..."), "FAILURE", "E: boom"),
         (_stored("EXPIRED", error="TaskExpired: waited 3 s"), "EXPIRED", "TaskExpired: waited 3 s"),
         (_stored("TIMEOUT", error="TaskDeadlineExceeded: 1 s"), "TIMEOUT", "TaskDeadlineExceeded: 1 s"),
         (_stored("CANCELED", error="TaskCanceled: by request"), "CANCELED", "TaskCanceled: by request"),
@@ -269,6 +284,8 @@ def test_task_ids_that_could_escape_a_key_are_refused(serve: Callable[..., Serve
     for bad in ("..", "-x", "a b", "x" * 201):
         reply = gateway.get(f"/v1/async-tasks/{bad}")
         assert reply.status_code in (404, 422), (bad, reply.status_code)
+        assert reply.json()["detail"] != "no task with this id"  # refused before any lookup
+    gateway.broker.tasks["8a7e-ok_1.2:3"] = TaskResult(task_id="8a7e-ok_1.2:3", status="PENDING")
     assert gateway.get("/v1/async-tasks/8a7e-ok_1.2:3").status_code == 200
 
 
@@ -279,8 +296,9 @@ def test_cancel_is_idempotent_and_leaves_a_finished_task_alone(
     serve: Callable[..., Served],
 ) -> None:
     gateway = serve()
-    first = gateway.post("/v1/async-tasks/t-2/cancel")
-    second = gateway.post("/v1/async-tasks/t-2/cancel")
+    task_id = gateway.post("/v1/async-tasks", json={"args": 1}).json()["task_id"]
+    first = gateway.post(f"/v1/async-tasks/{task_id}/cancel")
+    second = gateway.post(f"/v1/async-tasks/{task_id}/cancel")
     assert first.status_code == second.status_code == 200
     assert first.json() == second.json()
     assert first.json()["status"] == "CANCELED"
@@ -381,12 +399,19 @@ def test_a_422_never_echoes_the_request(serve: Callable[..., Served]) -> None:
 
 def test_with_tokens_every_task_route_needs_one(serve: Callable[..., Served]) -> None:
     gateway = serve(f"gateway.auth_tokens=[{TOKEN}, {OTHER_TOKEN}]")
+    submitted = {
+        token: gateway.post(
+            "/v1/async-tasks", json={"args": 1}, headers={"Authorization": f"Bearer {token}"}
+        ).json()["task_id"]
+        for token in (TOKEN, OTHER_TOKEN)
+    }
     calls = [
         ("POST", "/v1/async-tasks", {"json": {"args": 1}}),
-        ("GET", "/v1/async-tasks/t-1", {}),
-        ("POST", "/v1/async-tasks/t-1/cancel", {}),
+        ("GET", "/v1/async-tasks/{task_id}", {}),
+        ("POST", "/v1/async-tasks/{task_id}/cancel", {}),
     ]
-    for method, path, kwargs in calls:
+    for method, template, kwargs in calls:
+        path = template.format(task_id=submitted[TOKEN])
         for headers in (
             {},
             {"Authorization": "Bearer wrong-token-0000000"},
@@ -400,19 +425,21 @@ def test_with_tokens_every_task_route_needs_one(serve: Callable[..., Served]) ->
         for token in (TOKEN, OTHER_TOKEN):
             reply = gateway.http.request(
                 method,
-                gateway.url + path,
+                gateway.url + template.format(task_id=submitted[token]),
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=10,
                 **kwargs,
             )
             assert reply.status_code == 200, (method, path, reply.text)
     assert not gateway.broker.canceled[:-2]  # only the two authorised cancels reached the broker
-    assert len(gateway.broker.submitted) == 2
+    assert len(gateway.broker.submitted) == 4
 
 
 def test_model_engine_clients_send_the_token_as_basic_user(serve: Callable[..., Served]) -> None:
     gateway = serve(f"gateway.auth_tokens=[{TOKEN}]")
-    assert gateway.get("/v1/async-tasks/t-1", auth=(TOKEN, "")).status_code == 200
+    task_id = gateway.post("/v1/async-tasks", json={"args": 1}, auth=(TOKEN, "")).json()["task_id"]
+    assert gateway.get(f"/v1/async-tasks/{task_id}", auth=(TOKEN, "")).status_code == 200
+    assert gateway.get(f"/v1/async-tasks/{task_id}", auth=(TOKEN, "x")).status_code == 200
     assert gateway.get("/v1/async-tasks/t-1", auth=("someone-else", TOKEN)).status_code == 401
     garbled = {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe").decode()}
     assert gateway.get("/v1/async-tasks/t-1", headers=garbled).status_code == 401
@@ -428,7 +455,8 @@ def test_health_and_docs_need_no_token(serve: Callable[..., Served]) -> None:
 
 def test_without_tokens_no_auth_is_asked(serve: Callable[..., Served]) -> None:
     gateway = serve()
-    assert gateway.get("/v1/async-tasks/t-1").status_code == 200
+    task_id = gateway.post("/v1/async-tasks", json={"args": 1}).json()["task_id"]
+    assert gateway.get(f"/v1/async-tasks/{task_id}").status_code == 200
     assert "securitySchemes" not in gateway.get("/openapi.json").json().get("components", {})
 
 
@@ -568,6 +596,7 @@ def test_the_gateway_client_speaks_the_api(serve: Callable[..., Served]) -> None
         # status_code put back where the gateway lifted it from: the same TaskResult either way.
         assert client.get(task_id) == stored
         assert client.wait(task_id, timeout=1).status_code == 207
+        gateway.broker.tasks["other"] = TaskResult(task_id="other", status="PENDING")
         canceled = client.cancel("other")
         assert canceled == gateway.broker.tasks["other"]  # error, and no traceback, as stored
         assert (canceled.status, canceled.ready) == ("CANCELED", True)
@@ -575,7 +604,8 @@ def test_the_gateway_client_speaks_the_api(serve: Callable[..., Served]) -> None
             task_id="f", status="FAILURE", error="E: boom", traceback="Traceback:\n  x\nE: boom"
         )
         gateway.broker.tasks["f"] = failed
-        assert client.get("f") == failed
+        # The type and message only: the stack trace is the operator's (expose_tracebacks).
+        assert client.get("f") == TaskResult(task_id="f", status="FAILURE", error="E: boom")
 
 
 def test_the_gateway_client_raises_with_the_status_and_the_field(
@@ -587,8 +617,9 @@ def test_the_gateway_client_raises_with_the_status_and_the_field(
             client.submit({"args": 1}, ttl_seconds=-1)
         assert invalid.value.status == 422
         assert "body.ttl_seconds" in str(invalid.value)
+        never_done = client.submit({"args": 1})
         with pytest.raises(TaskWaitTimeout):
-            client.wait("never-done", timeout=0.2)
+            client.wait(never_done, timeout=0.2)
     with GatewayClient(gateway.url) as anonymous, pytest.raises(GatewayError) as refused:
         anonymous.get("t-1")
     assert refused.value.status == 401

@@ -207,7 +207,8 @@ def gateway_target(*argv: str) -> tuple[str, str | None] | None:
 def test_without_fastapi_the_gateway_says_what_to_install(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delitem(sys.modules, "forwarder.gateway.app", raising=False)
+    for module in ("forwarder.gateway.app", "forwarder.gateway.server"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # makes "import fastapi" fail
     assert cli.main(["gateway", "--port", "0"]) == 2
     err = capsys.readouterr().err

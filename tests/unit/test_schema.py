@@ -48,6 +48,7 @@ FLAG_VALUES: dict[str, tuple[str, object]] = {
     "--dead-letter-queue": ("dl-flag", "dl-flag"),
     "--host": ("0.0.0.0", "0.0.0.0"),
     "--port": ("0", 0),
+    "--allow-anonymous": ("true", True),
     "--gateway-url": ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
     "--token": ("token-0123456789abcdef", "token-0123456789abcdef"),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from forwarder.config.parsers import boolean
 from forwarder.config.schema import SETTINGS, flags_for
 from forwarder.config.settings import Settings, load_settings
 
@@ -24,9 +25,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
     )
     for setting in flags_for(command):
         variables = f" (env {', '.join(setting.env)})" if setting.env else ""
-        given_alone: dict[str, Any] = (
-            {"nargs": "?", "const": setting.const} if setting.const else {}
-        )
+        # A yes/no setting's flag alone means true; ``--flag false`` still says no.
+        const = setting.const or ("true" if setting.parse is boolean else None)
+        given_alone: dict[str, Any] = {"nargs": "?", "const": const} if const else {}
         parser.add_argument(
             setting.flag,
             *setting.aliases,

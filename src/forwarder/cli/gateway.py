@@ -12,7 +12,7 @@ __all__ = ["add_commands", "cmd_gateway"]
 def cmd_gateway(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings)
-    from forwarder.gateway.app import run_gateway
+    from forwarder.gateway.server import run_gateway
 
     return run_gateway(settings)
 

@@ -147,6 +147,7 @@ def _submit_to_broker(
                     fingerprint(request),
                     settings.gateway.idempotency_retention_seconds,
                     send,
+                    settings.gateway.idempotency_lease_seconds,
                 )
             finally:
                 store.close()

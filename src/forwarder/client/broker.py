@@ -45,6 +45,7 @@ class TaskResult:
     result: Any = None
     error: str | None = None
     traceback: str | None = None
+    error_type: str | None = None  # the exception's class name, on FAILURE
 
     @property
     def ready(self) -> bool:
@@ -132,6 +133,7 @@ class ForwarderClient:
                 status=status,
                 error=_error_message(stored),
                 traceback=meta.get("traceback"),
+                error_type=str(stored["exc_type"]) if stored.get("exc_type") else None,
             )
         if status == states.SUCCESS:
             return TaskResult(task_id=task_id, status=status, result=stored)

@@ -31,6 +31,7 @@ __all__ = [
     "expanded_path",
     "folder",
     "gateway_url",
+    "host_patterns",
     "hostname",
     "http_url",
     "labels",
@@ -323,4 +324,18 @@ def tokens(value: object) -> tuple[str, ...]:
                 f"tokens of at least {MIN_TOKEN_LENGTH} printable ASCII characters "
                 "without spaces or commas"
             )
+    return tuple(dict.fromkeys(value))
+
+
+def host_patterns(value: object) -> tuple[str, ...]:
+    """Host names, each exact or ``*.suffix``: a list, or one comma-separated string."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    allowed = "a list of host names or *.suffix patterns, for example [api.example.com, *.internal]"
+    if not isinstance(value, list | tuple):
+        raise Invalid(allowed)
+    for pattern in value:
+        name = pattern.removeprefix("*.") if isinstance(pattern, str) else None
+        if name is None or not _HOSTNAME.fullmatch(name) or "*" in name:
+            raise Invalid(allowed)
     return tuple(dict.fromkeys(value))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from forwarder.config import model_engine as me
 from forwarder.config import parsers as p
+from forwarder.config.gateway import ROUTE_ACCESS
 from forwarder.config.hooks import (
     SINK_NAMES,
     allowed_hosts,
@@ -254,6 +255,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(GATEWAY, "default_ttl_seconds", p.seconds_or_no_limit),
     Setting(GATEWAY, "default_timeout_seconds", p.seconds_or_no_limit),
     Setting(GATEWAY, "idempotency_retention_seconds", p.positive_number),
+    Setting(GATEWAY, "idempotency_lease_seconds", p.positive_number),
+    Setting(GATEWAY, "allow_anonymous", p.boolean, env=("FORWARDER_GATEWAY_ALLOW_ANONYMOUS",),
+        flag="--allow-anonymous", help="serve without tokens on an address other than loopback",
+        commands=("gateway",)),
+    Setting(GATEWAY, "trusted_hosts", p.host_patterns, env=("FORWARDER_GATEWAY_TRUSTED_HOSTS",)),
+    Setting(GATEWAY, "max_connections", p.positive_int),
+    Setting(GATEWAY, "header_timeout_seconds", p.positive_number),
+    Setting(GATEWAY, "body_timeout_seconds", p.positive_number),
+    Setting(GATEWAY, "expose_tracebacks", p.boolean),
+    Setting(GATEWAY, "docs_access", p.choice(*ROUTE_ACCESS)),
+    Setting(GATEWAY, "metrics_access", p.choice(*ROUTE_ACCESS)),
+    Setting(GATEWAY, "metrics_port", p.optional(p.port), env=("FORWARDER_GATEWAY_METRICS_PORT",)),
+    Setting(GATEWAY, "metrics_host", p.hostname, env=("FORWARDER_GATEWAY_METRICS_HOST",)),
     # The region of the AWS clients the settings build; boto3's own variable first.
     Setting(AWS, "region", p.nonempty, env=("AWS_DEFAULT_REGION", "AWS_REGION")),
     Setting(CLIENT, "gateway_url", p.gateway_url, env=("FORWARDER_GATEWAY_URL",),

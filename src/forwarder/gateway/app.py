@@ -11,13 +11,13 @@ Routes (model-engine's first, so its clients work unchanged):
 
 Tasks go out under the LIRA task name to the configured queue, through the same broker client as
 ``forwarder submit``. The routes are in ``forwarder.gateway.routes``; this module wires them to
-the broker, the idempotency store, the authentication and the body limits, and serves them.
+the broker, the idempotency store, the owner records, the authentication and the body limits;
+``forwarder.gateway.server`` serves them.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,8 +25,8 @@ from typing import Any
 from forwarder import __version__
 from forwarder.client.broker import ForwarderClient
 from forwarder.client.idempotency import IdempotencyStore, open_store
+from forwarder.config.gateway import GatewaySettings
 from forwarder.config.settings import Settings
-from forwarder.errors import ConfigError
 from forwarder.hooks.url_policy import UrlPolicy
 
 INSTALL_HINT = "the gateway needs FastAPI and uvicorn: pip install 'inference-forwarder[gateway]'"
@@ -34,11 +34,13 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from forwarder.gateway.events import add_events_route
-    from forwarder.gateway.http import BodyLimits, authorizer
+    from forwarder.gateway.http import Authentication, BodyLimits, principal_dependency
     from forwarder.gateway.metrics import add_metrics
     from forwarder.gateway.models import ErrorResponse
+    from forwarder.gateway.owners import BackendOwners, TaskOwners
     from forwarder.gateway.routes import (
         READY_TIMEOUT_SECONDS,
         TaskBroker,
@@ -50,15 +52,15 @@ try:
 except ModuleNotFoundError as exc:
     raise ModuleNotFoundError(f"{INSTALL_HINT} ({exc.name} is missing)", name=exc.name) from None
 
-__all__ = ["create_app", "run_gateway"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("forwarder.gateway.app")
 
-LISTEN_BACKLOG = 2048  # uvicorn's default
 _ERRORS = (
     (400, "A callback_url the worker would not call; detail says why"),
     (413, "Body larger than max_body_bytes"),
     (415, "Body not JSON"),
+    (408, "Body not received within body_timeout_seconds"),
     (422, "A field, parameter or header not allowed; loc names it"),
     (503, "The broker or the result store did not answer"),
 )
@@ -80,8 +82,25 @@ def _broker_reachable(client: ForwarderClient) -> Callable[[], None]:
     return check
 
 
-def _no_authentication() -> str:
-    return ""
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+
+
+def _public_paths(gateway: GatewaySettings) -> set[str]:
+    """The paths served without a token: health, and docs and metrics unless set otherwise."""
+    public = {"/healthz", "/readyz"}
+    if gateway.docs_access == "public":
+        public.update(DOCS_PATHS)
+    if gateway.metrics_access == "public":
+        public.add("/metrics")
+    return public
+
+
+def _owners_of(client: TaskBroker, owners: TaskOwners | None) -> TaskOwners:
+    if owners is not None:
+        return owners
+    if not isinstance(client, ForwarderClient):
+        raise TypeError("create_app: owners are needed with a client of another kind")
+    return BackendOwners(client.app.backend)
 
 
 def create_app(
@@ -89,12 +108,14 @@ def create_app(
     client: TaskBroker | None = None,
     *,
     idempotency: IdempotencyStore | None = None,
+    owners: TaskOwners | None = None,
     broker_check: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The gateway's ASGI app; without ``client``, a ``ForwarderClient`` on ``settings``.
 
-    ``broker_check`` (raising when the broker does not answer) backs ``/readyz``; it is needed
-    with a ``client`` that is not a ``ForwarderClient``.
+    ``broker_check`` (raising when the broker does not answer) backs ``/readyz``; it and
+    ``owners`` (who submitted each task) are needed with a ``client`` that is not a
+    ``ForwarderClient``.
     """
     if client is None:
         client = ForwarderClient(settings)
@@ -103,6 +124,7 @@ def create_app(
             raise TypeError("create_app: broker_check is needed with a client of another kind")
         broker_check = _broker_reachable(client)
     broker: TaskBroker = client
+    task_owners = _owners_of(client, owners)
     store = idempotency if idempotency is not None else open_store(settings)
     gateway = settings.gateway
     queue = settings.worker.queue
@@ -117,74 +139,52 @@ def create_app(
             broker.close()
             store.close()
 
+    docs = gateway.docs_access != "disabled"
     app = FastAPI(
         title="inference-forwarder gateway",
         version=__version__,
         description="Submit, watch and cancel async inference tasks (model-engine compatible).",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "description": text} for code, text in _ERRORS
     }
-    authorize: Callable[..., str] = _no_authentication
     if gateway.auth_tokens:
-        authorize = authorizer(gateway.auth_tokens)
         responses[401] = {"model": ErrorResponse, "description": "No token, or not an accepted one"}
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
 
+    principal = principal_dependency(bool(gateway.auth_tokens))
     callback_urls = UrlPolicy.from_settings(settings.hooks.callback)
-    routes = TaskRoutes(broker, store, gateway, queue, authorize, responses, callback_urls)
+    routes = TaskRoutes(
+        broker, store, task_owners, gateway, queue, principal, responses, callback_urls
+    )
     add_submit_route(app, routes)
     add_task_routes(app, routes)
     if isinstance(client, ForwarderClient):
         add_events_route(app, routes, client.event_log)
     add_health_routes(app, broker_check)
-    app.add_middleware(BodyLimits, max_body_bytes=gateway.max_body_bytes)
-    add_metrics(app)  # outermost, so that a 413 from the body limits is counted too
+    _add_edges(app, gateway)
     return app
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    bare = host.strip("[]")
-    family, kind, proto, _, address = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            "gateway.port (--port)", port, f"a port free on {host} ({exc.strerror})"
-        ) from None
-    # Listening from here on, so that a client which read the logged port is queued, not refused,
-    # while the app starts.
-    sock.listen(LISTEN_BACKLOG)
-    return sock
-
-
-def run_gateway(settings: Settings) -> int:
-    """Serve the gateway until SIGTERM or SIGINT; the exit code."""
-    try:
-        import uvicorn
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            f"{INSTALL_HINT} ({exc.name} is missing)", name=exc.name
-        ) from None
-    gateway = settings.gateway
-    sock = _listening_socket(gateway.host, gateway.port)
-    host, port = sock.getsockname()[:2]
-    app = create_app(settings)
-    app.state.listen_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    config = uvicorn.Config(
-        app,
-        log_config=None,  # the process's logging, as configured by the CLI
-        log_level=settings.worker.log_level.lower(),
-        access_log=settings.worker.log_level == "DEBUG",
-        server_header=False,
-        timeout_graceful_shutdown=10,
+def _add_edges(app: FastAPI, gateway: GatewaySettings) -> None:
+    """The middleware, innermost first: body limits, then the token (checked before the body is
+    read), then the Host header, then the metrics around them all (so that a 401 is counted)."""
+    app.add_middleware(
+        BodyLimits,
+        max_body_bytes=gateway.max_body_bytes,
+        timeout_seconds=gateway.body_timeout_seconds,
     )
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
+    app.add_middleware(
+        Authentication, tokens=gateway.auth_tokens, public_paths=_public_paths(gateway)
+    )
+    if gateway.trusted_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(gateway.trusted_hosts))
+    served_here = gateway.metrics_access != "disabled" and gateway.metrics_port is None
+    app.state.metrics_registry = add_metrics(app, route=served_here)

@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import anyio
-from fastapi import FastAPI, Header, Query
+from fastapi import Depends, FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
 
 from forwarder.events import EventLog
 from forwarder.events.follow import Follower
 from forwarder.events.sse import format_event
-from forwarder.gateway.routes import TaskId, TaskRoutes
+from forwarder.gateway.routes import TaskRoutes, include_task_router
 
 __all__ = ["KEEPALIVE_SECONDS", "MAX_STREAM_SECONDS", "POLL_SECONDS", "add_events_route"]
 
@@ -39,25 +39,24 @@ AfterId = Annotated[
 
 
 def add_events_route(app: FastAPI, routes: TaskRoutes, event_log: Callable[[], EventLog]) -> None:
+    router = routes.task_router()
+    OwnedTask = Annotated[str, Depends(routes.owned_task)]
     broker = routes.broker
 
-    @app.get(
-        "/v1/async-tasks/{task_id}/events",
+    @router.get(
+        "/events",
         response_class=StreamingResponse,
-        responses={
-            **routes.responses,
-            200: {"content": {"text/event-stream": {}}, "description": "The task's events"},
-        },
-        tags=["async tasks"],
+        responses={200: {"content": {"text/event-stream": {}}, "description": "The task's events"}},
         summary="A task's events, live, as server-sent events; resumable with Last-Event-ID",
-        dependencies=routes.dependencies,
     )
     async def task_events(
-        task_id: TaskId, last_event_id: EventId = None, after: AfterId = None
+        task_id: OwnedTask, last_event_id: EventId = None, after: AfterId = None
     ) -> StreamingResponse:
         follower = Follower(event_log(), broker.get, task_id, last_event_id or after)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(_stream(follower), media_type="text/event-stream", headers=headers)
+
+    include_task_router(app, router)
 
 
 async def _stream(follower: Follower) -> AsyncIterator[str]:

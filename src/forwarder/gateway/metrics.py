@@ -63,7 +63,8 @@ class _RequestMetrics:
             self.seconds.labels(method, route).observe(time.perf_counter() - started)
 
 
-def add_metrics(app: FastAPI) -> None:
+def add_metrics(app: FastAPI, *, route: bool = True) -> CollectorRegistry:
+    """Count every request; serve the counts at ``/metrics`` if ``route``. The registry."""
     registry = CollectorRegistry()
     requests = Counter(
         "forwarder_gateway_requests",
@@ -82,5 +83,7 @@ def add_metrics(app: FastAPI) -> None:
     async def metrics(_: Any) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_route("/metrics", metrics, include_in_schema=False)
+    if route:
+        app.add_route("/metrics", metrics, include_in_schema=False)
     app.add_middleware(_RequestMetrics, requests=requests, seconds=seconds, routes=app.routes)
+    return registry

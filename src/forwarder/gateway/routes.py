@@ -1,19 +1,24 @@
 """The gateway's routes: model-engine's async-task routes, and the health routes.
 
-Calls into the broker block, so they run in worker threads, never on the event loop.
+Calls into the broker block, so they run in worker threads, never on the event loop. Every route
+under ``/v1/async-tasks/{task_id}`` is on ``TaskRoutes.task_router``, whose ``owned_task``
+dependency answers 404 unless the caller submitted that task: a route added there is isolated
+without asking.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations
-# at run time, and they name values local to the functions that add the routes (the authorizer).
+# at run time, and they name values local to the functions that add the routes (the principal).
 
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Any, Protocol
 
 import anyio
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Response
 
 from forwarder.client.broker import TaskResult
 from forwarder.client.idempotency import (
@@ -34,6 +39,7 @@ from forwarder.gateway.models import (
     SubmitAsyncTaskRequest,
     TaskStatus,
 )
+from forwarder.gateway.owners import ANONYMOUS, TaskOwners, is_owner
 from forwarder.hooks.url_policy import UrlPolicy
 
 __all__ = [
@@ -43,8 +49,11 @@ __all__ = [
     "add_health_routes",
     "add_submit_route",
     "add_task_routes",
+    "include_task_router",
     "task_view",
 ]
+
+UNKNOWN_TASK = "no task with this id"
 
 # The gateway's one logger, so that its lines keep one name whichever module writes them.
 log = logging.getLogger("forwarder.gateway.app")
@@ -61,6 +70,10 @@ _ENDED_WITHOUT_RESULT = {
     TaskStatus.CANCELED,
 }
 TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN, max_length=200)]
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
+_ADDRESS = re.compile(
+    r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\[[0-9a-fA-F:]*:[0-9a-fA-F:.]*\](?::\d+)?"
+)
 
 
 class TaskBroker(Protocol):
@@ -85,24 +98,63 @@ class TaskBroker(Protocol):
 
 @dataclass(frozen=True)
 class TaskRoutes:
-    """What the task routes share: where tasks go, who may send them, what errors they show."""
+    """What the task routes share: where tasks go, who sent them, what errors they show."""
 
     broker: TaskBroker
     store: IdempotencyStore
+    owners: TaskOwners
     gateway: GatewaySettings
     queue: str
-    # The bearer-token check: the caller's principal ("" without authentication).
-    authorize: Callable[..., str]
+    # The caller's principal, as the Authentication middleware found it.
+    principal: Callable[..., str]
     responses: dict[int | str, dict[str, Any]]
     # The worker's callback rules: a callback_url it would refuse is refused at submit already.
     callback_urls: UrlPolicy = field(default_factory=UrlPolicy)
 
-    @property
-    def dependencies(self) -> list[Any]:
-        return [Depends(self.authorize)] if self.gateway.auth_tokens else []
+    @cached_property
+    def owned_task(self) -> Callable[..., Any]:
+        """A dependency returning the path's ``task_id`` if the caller submitted it; else 404.
+
+        The same answer for a task of another caller and for an id never issued, so that a
+        caller learns nothing of the others' tasks.
+        """
+        owners = self.owners
+        Principal = Annotated[str, Depends(self.principal)]
+
+        async def owned_task(task_id: TaskId, principal: Principal) -> str:
+            if not is_owner(await _blocking(owners.owner, task_id), principal):
+                raise HTTPException(status_code=404, detail=UNKNOWN_TASK)
+            return task_id
+
+        return owned_task  # one callable, so FastAPI runs it once per request however named
+
+    def task_router(self) -> APIRouter:
+        """A router for ``/v1/async-tasks/{task_id}...`` routes, each owner-checked; add its
+        routes with ``include_task_router``."""
+        responses = {
+            **self.responses,
+            404: {"model": ErrorResponse, "description": "No task of this caller has this id"},
+        }
+        return APIRouter(
+            prefix="/v1/async-tasks/{task_id}",
+            dependencies=[Depends(self.owned_task)],
+            responses=responses,
+            tags=["async tasks"],
+        )
 
 
-def task_view(task: TaskResult) -> GetAsyncTaskV1Response:
+def _error_text(task: TaskResult) -> str | None:
+    """The error's type and message, as a client may be shown them: URLs and IP addresses in
+    the message (the model server's, a store's) replaced, as they say where the internals are."""
+    text = task.error
+    if text and task.error_type and not text.startswith(f"{task.error_type}:"):
+        text = f"{task.error_type}: {text}"
+    if text:
+        text = _ADDRESS.sub("<address>", _URL.sub("<url>", text))
+    return text
+
+
+def task_view(task: TaskResult, *, expose_tracebacks: bool = False) -> GetAsyncTaskV1Response:
     """model-engine's response for a stored task: ``status_code`` lifted out of the result."""
     status = _STATUS_ALIASES.get(task.status)
     if status is None:
@@ -119,10 +171,12 @@ def task_view(task: TaskResult) -> GetAsyncTaskV1Response:
         return GetAsyncTaskV1Response(
             task_id=task.task_id, status=status, result=result, status_code=status_code
         )
+    if status is TaskStatus.FAILURE:
+        # A stack trace names files, hosts and internals: only when the operator asks for it.
+        shown = (task.traceback if expose_tracebacks else None) or _error_text(task)
+        return GetAsyncTaskV1Response(task_id=task.task_id, status=status, traceback=shown)
     if status in _ENDED_WITHOUT_RESULT:
-        return GetAsyncTaskV1Response(
-            task_id=task.task_id, status=status, traceback=task.traceback or task.error
-        )
+        return GetAsyncTaskV1Response(task_id=task.task_id, status=status, traceback=task.error)
     return GetAsyncTaskV1Response(task_id=task.task_id, status=status)
 
 
@@ -141,8 +195,8 @@ async def _blocking(call: Callable[..., Any], *args: Any) -> Any:
 
 def add_submit_route(app: FastAPI, routes: TaskRoutes) -> None:
     """``POST /v1/async-tasks``, honouring an ``Idempotency-Key`` header."""
-    Principal = Annotated[str, Depends(routes.authorize)]
-    broker, gateway, queue = routes.broker, routes.gateway, routes.queue
+    Principal = Annotated[str, Depends(routes.principal)]
+    broker, owners, gateway, queue = routes.broker, routes.owners, routes.gateway, routes.queue
 
     @app.post(
         "/v1/async-tasks",
@@ -180,19 +234,28 @@ def add_submit_route(app: FastAPI, routes: TaskRoutes) -> None:
         timeout = body.timeout_seconds or gateway.default_timeout_seconds
 
         def send(task_id: str) -> str:
+            # Recorded first: the task is never readable by its id before its owner is known.
+            owners.record(task_id, principal)
             return broker.submit(
                 payload, queue=queue, ttl_seconds=ttl, timeout_seconds=timeout, task_id=task_id
             )
 
         if idempotency_key is None:
             return CreateAsyncTaskV1Response(task_id=await _blocking(send, str(uuid.uuid4())))
-        key = scoped_key(idempotency_key, principal)
+        # Anonymous callers share the CLI's scope (no principal), so both find the same key.
+        key = scoped_key(idempotency_key, "" if principal == ANONYMOUS else principal)
         # What the client sent, as ``forwarder submit`` fingerprints it: either way, one request.
         request_fingerprint = fingerprint(body.model_dump(mode="json", exclude_unset=True))
         retention = gateway.idempotency_retention_seconds
         try:
             task_id, sent = await _blocking(
-                submit_once, routes.store, key, request_fingerprint, retention, send
+                submit_once,
+                routes.store,
+                key,
+                request_fingerprint,
+                retention,
+                send,
+                gateway.idempotency_lease_seconds,
             )
         except IdempotencyKeyReused as exc:
             detail = [{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "reused"}]
@@ -204,42 +267,33 @@ def add_submit_route(app: FastAPI, routes: TaskRoutes) -> None:
 
 def add_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
     """``GET /v1/async-tasks/{task_id}`` and ``POST /v1/async-tasks/{task_id}/cancel``."""
-    for method, path, name, summary, call in (
-        (
-            "GET",
-            "/v1/async-tasks/{task_id}",
-            "get_async_task",
-            "A task's state and result",
-            routes.broker.get,
-        ),
-        (
-            "POST",
-            "/v1/async-tasks/{task_id}/cancel",
-            "cancel_async_task",
-            "Cancel a task: a queued one never runs, a running one is abandoned",
-            routes.broker.cancel,
-        ),
-    ):
-        app.add_api_route(
-            path,
-            _task_endpoint(call),
-            methods=[method],
-            name=name,
-            response_model=GetAsyncTaskV1Response,
-            responses=routes.responses,
-            tags=["async tasks"],
-            summary=summary,
-            dependencies=routes.dependencies,
-        )
+    router = routes.task_router()
+    OwnedTask = Annotated[str, Depends(routes.owned_task)]
+    expose = routes.gateway.expose_tracebacks
+    broker = routes.broker
+
+    @router.get("", response_model=GetAsyncTaskV1Response, summary="A task's state and result")
+    async def get_async_task(task_id: OwnedTask) -> GetAsyncTaskV1Response:
+        return task_view(await _blocking(broker.get, task_id), expose_tracebacks=expose)
+
+    @router.post(
+        "/cancel",
+        response_model=GetAsyncTaskV1Response,
+        summary="Cancel a task: a queued one never runs, a running one is abandoned",
+    )
+    async def cancel_async_task(task_id: OwnedTask) -> GetAsyncTaskV1Response:
+        return task_view(await _blocking(broker.cancel, task_id), expose_tracebacks=expose)
+
+    include_task_router(app, router)
 
 
-def _task_endpoint(call: Callable[[str], TaskResult]) -> Callable[..., Any]:
-    """A route answering with what ``call(task_id)`` says of the task."""
+def include_task_router(app: FastAPI, router: APIRouter) -> None:
+    """Add the routes of a ``TaskRoutes.task_router()`` to ``app``, each owner-checked.
 
-    async def endpoint(task_id: TaskId) -> GetAsyncTaskV1Response:
-        return task_view(await _blocking(call, task_id))
-
-    return endpoint
+    Added as they are (each already carries the router's dependency and responses) rather than
+    included: an included router hides its routes' templates from the metrics' route label.
+    """
+    app.router.routes.extend(router.routes)
 
 
 def add_health_routes(app: FastAPI, check_broker: Callable[[], None]) -> None:
