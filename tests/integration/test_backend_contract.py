@@ -363,3 +363,30 @@ def test_admission_of_a_task_stopped_by_a_client_is_not_completed(store: Store) 
     store.backend.store_stopped(task_id, TaskCanceled("canceled before it started"))
     admission = admit(store, task_id)
     assert (admission.completed, admission.canceled, admission.deliveries) == (None, True, 1)
+
+
+def test_s3_conditional_put_loses_to_a_write_after_its_read(store: Store) -> None:
+    """Another writer lands between the read and the put: S3 refuses the put (412)."""
+    if store.kind != "s3":
+        pytest.skip("S3's conditional put; the file backend compares under a lock")
+    backend = store.backend
+    task_id = new_id()
+    key = backend.get_key_for_task(task_id)
+    read = backend._get_versioned
+    started = backend.encoded_meta(task_id, {"pid": 1}, states.STARTED)
+    for before in (None, backend.encoded_meta(task_id, {"pid": 0}, states.STARTED)):
+        if before is not None:
+            backend.set(key, before)
+        expected = backend.get(key)
+
+        def then_another_write(read_key: str | bytes) -> tuple[bytes | None, str | None]:
+            seen = read(read_key)
+            backend.set(key, started)
+            return seen
+
+        backend._get_versioned = then_another_write
+        try:
+            assert not backend._set_if_unchanged(key, expected, b'{"status": "CANCELED"}')
+        finally:
+            del backend._get_versioned
+        assert backend.get(key) == started.encode()

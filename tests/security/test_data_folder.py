@@ -34,13 +34,19 @@ def modes(root: Path) -> dict[str, int]:
     }
 
 
-def test_an_existing_world_readable_folder_is_tightened(tmp_path: Path) -> None:
+def test_a_new_folder_is_private_and_an_existing_one_s_subfolders_are_tightened(
+    tmp_path: Path,
+) -> None:
+    new = tmp_path / "new" / "data"
+    broker_config(WorkerSettings(data_dir=new))
+    assert set(modes(new).values()) == {0o700}
     root = tmp_path / "data"
     (root / "results").mkdir(parents=True, mode=0o755)
     root.chmod(0o755)
     broker_config(WorkerSettings(data_dir=root))
+    # The folder given may be the operator's own (shared with other things): left as it is.
     assert {name: mode for name, mode in modes(root).items()} == {
-        "data": 0o700,
+        "data": 0o755,
         "data/queue": 0o700,
         "data/control": 0o700,
         "data/results": 0o700,

@@ -76,7 +76,8 @@ def _embedded(worker: WorkerSettings) -> BrokerConfig:
     folders = {name: root / name for name in ("queue", "control", "results")}
     for folder in (root, *folders.values()):
         try:
-            _private_folder(folder)
+            # The folder given may be one of the operator's own: only ours are tightened.
+            _private_folder(folder, tighten=folder != root)
         except OSError as exc:
             raise ConfigError(
                 "data_dir (--data-dir, FORWARDER_DATA_DIR, worker.data_dir)",
@@ -96,10 +97,12 @@ def _embedded(worker: WorkerSettings) -> BrokerConfig:
     )
 
 
-def _private_folder(folder: Path) -> None:
-    """Make ``folder`` 0700, or tighten it to that if it is ours: its messages and results carry
-    callback credentials and model replies."""
+def _private_folder(folder: Path, *, tighten: bool) -> None:
+    """Make ``folder`` 0700, or with ``tighten`` make an existing one of this user's 0700: its
+    messages and results carry callback credentials and model replies."""
     folder.mkdir(mode=DATA_FOLDER_MODE, parents=True, exist_ok=True)
+    if not tighten:
+        return
     status = folder.stat()
     if status.st_uid == os.getuid() and stat.S_IMODE(status.st_mode) != DATA_FOLDER_MODE:
         folder.chmod(DATA_FOLDER_MODE)

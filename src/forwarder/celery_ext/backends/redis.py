@@ -100,6 +100,14 @@ class RedisBackend(ForwarderBackendMixin, CeleryRedisBackend):  # type: ignore[m
             completed = completed.decode()
         return Admission(bool(canceled), int(deliveries), bool(started), completed or None)
 
+    def _set_if_unchanged(self, key: Any, expected: Any, value: Any) -> bool:
+        # Compared and written in two steps: enough here, where admission reads the cancel marker
+        # and stores STARTED in one script. Written as every store is (expiry, publish).
+        if self.get(key) != expected:
+            return False
+        self.ensure(self._run, ("store", [key], [value, self._expiry]))
+        return True
+
     @property
     def _expiry(self) -> int:
         return math.ceil(self.expires) if self.expires else 0
