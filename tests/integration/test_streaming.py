@@ -201,6 +201,8 @@ def test_the_gateway_serves_the_log_as_sse_resumable_with_last_event_id(
     assert requests.get(url, timeout=10).status_code == 401
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
+    bad_id = requests.get(f"{gateway.url}/v1/async-tasks/a%20b/events", headers=auth, timeout=10)
+    assert bad_id.status_code == 422, bad_id.text
     first = raw_sse(url, auth, stop_after=5)
     rest = raw_sse(url, {**auth, "Last-Event-ID": first[-1].id})
     resumed = first + rest

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from forwarder.celery_ext.backends import BACKEND_CLASSES
 from forwarder.events.base import CHUNK, KINDS, PROGRESS, STATE, Event, EventLog, EventWriter
 
 __all__ = [
@@ -24,17 +25,22 @@ __all__ = [
 
 def event_log_for(backend: Any, max_length: int | None = None) -> EventLog:
     """The event log beside ``backend`` (one of ``forwarder.celery_ext.backends``)."""
-    from forwarder.celery_ext.backends.filesystem import FilesystemBackend
-    from forwarder.celery_ext.backends.redis import RedisBackend
-
-    if isinstance(backend, RedisBackend):
+    # By the class's registered name: importing the other backends' modules (redis-py in a
+    # worker on S3) would cost a task its first second, and the model call its deadline.
+    scheme = _SCHEMES.get(f"{type(backend).__module__}:{type(backend).__qualname__}")
+    if scheme in ("redis", "rediss"):
         from forwarder.events.redis import DEFAULT_MAX_LENGTH, RedisEventLog
 
         return RedisEventLog(backend, max_length or DEFAULT_MAX_LENGTH)
-    if isinstance(backend, FilesystemBackend):
+    if scheme == "file":
         from forwarder.events.files import FileEventLog
 
         return FileEventLog(backend.path)
-    from forwarder.events.s3 import S3EventLog
+    if scheme == "s3":
+        from forwarder.events.s3 import S3EventLog
 
-    return S3EventLog(backend)
+        return S3EventLog(backend)
+    raise TypeError(f"no event log beside a {type(backend).__name__} result backend")
+
+
+_SCHEMES = {path: scheme for scheme, path in BACKEND_CLASSES.items()}

@@ -84,7 +84,7 @@ def build_lifecycle(
         ),
         retry=RetryPolicy(worker.model_retries, worker.retry_backoff_max_seconds, worker.queue),
         hooks=hooks,
-        events=TaskEvents(lambda: event_log_for(app.backend, worker.events_max_length)),
+        events=TaskEvents(lambda backend: event_log_for(backend, worker.events_max_length)),
     )
 
 

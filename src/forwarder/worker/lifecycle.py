@@ -145,7 +145,7 @@ class TaskLifecycle:
         metrics = recorder()
         task_id = task.request.id
         metrics.in_flight(self.queue, 1)
-        writer = self.events.writer(task_id) if self.events is not None else None
+        writer = self.events.writer(task_id, task.backend) if self.events is not None else None
         started = time.perf_counter()
         try:
             with (

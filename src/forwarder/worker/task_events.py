@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from forwarder.events import EventLog, EventWriter
 
@@ -22,12 +23,12 @@ log = logging.getLogger(__name__)
 class TaskEvents:
     """Event writers of the running tasks of this process (threads or greenlets share it)."""
 
-    def __init__(self, event_log: Callable[[], EventLog]) -> None:
-        self._event_log = event_log
+    def __init__(self, event_log: Callable[[Any], EventLog]) -> None:
+        self._event_log = event_log  # result backend -> the event log beside it
         self._writers: dict[str, EventWriter] = {}
 
-    def writer(self, task_id: str) -> EventWriter:
-        writer = self._event_log().writer(task_id)
+    def writer(self, task_id: str, backend: Any) -> EventWriter:
+        writer = self._event_log(backend).writer(task_id)
         self._writers[task_id] = writer
         return writer
 
