@@ -104,6 +104,24 @@ INTERNALS: tuple[Internal, ...] = (
         "redis_transport overrides it: one redis client per connection pool, not per message",
         ("self", "asynchronous"),
     ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_connparams",
+        "redis_transport overrides it: kept, so a closed channel can still ack and restore",
+        ("self", "asynchronous"),
+    ),
+    Internal(
+        "kombu.transport.virtual.base:QoS",
+        "_delivered",
+        "redis_qos: the delivered, unacknowledged messages, dropped on ack, stranded on close",
+        on_instance=True,
+    ),
+    Internal(
+        "kombu.transport.redis:MultiChannelPoller",
+        "_channels",
+        "redis_transport: the poller's open channels, one of which settles closed channels' acks",
+        on_instance=True,
+    ),
 )
 
 

@@ -20,28 +20,38 @@ keeps one per connection pool.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 from kombu.transport import redis
 
+from forwarder.celery_ext.redis_qos import QoS, settle_orphans
+
 __all__ = ["Transport"]
 
-
-class QoS(redis.QoS):
-    def ack(self, delivery_tag: Any) -> None:
-        super().ack(delivery_tag)
-        self.channel.connection.slot_freed.set()
-
-    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        super().reject(delivery_tag, requeue=requeue)
-        self.channel.connection.slot_freed.set()
+log = logging.getLogger(__name__)
 
 
 class Channel(redis.Channel):
     QoS = QoS
     _shared: tuple[Any, Any] | None = None  # (pool, client)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connparams(asynchronous=False)  # kept while the channel can still read them
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # kombu reads them from the kombu connection, which a reconnect detaches from this
+        # channel's transport, while Celery still acks this channel's messages and kombu
+        # restores them on close: "'NoneType' object has no attribute 'hostname'" stopped a
+        # prefork worker for good at a Redis restart. Kept from the first call, the channel can
+        # reach Redis again once it is back.
+        kept: dict[bool, Any] = self.__dict__.setdefault("_kept_connparams", {})
+        if asynchronous not in kept:
+            kept[asynchronous] = super()._connparams(asynchronous=asynchronous)
+        return dict(kept[asynchronous])
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -54,12 +64,30 @@ class Channel(redis.Channel):
             self._shared = (pool, super()._create_client())
         return self._shared[1]
 
+    def slot_freed(self) -> None:
+        transport = self.connection  # None once the channel is closed
+        if transport is not None:
+            transport.slot_freed.set()
+
+
+class Poller(redis.MultiChannelPoller):
+    def maybe_restore_messages(self) -> None:
+        for channel in list(self._channels):
+            if channel.active_queues:
+                try:
+                    settle_orphans(channel._create_client())
+                except channel.connection_errors:
+                    log.debug("settling closed channels' acks: Redis is down", exc_info=True)
+                break
+        super().maybe_restore_messages()
+
 
 class Transport(redis.Transport):
     Channel = Channel
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.cycle = Poller()  # type: ignore[assignment]  # kombu declares a FairCycle
         # Built after gevent's patching (when it patches), so this is a greenlet-aware event.
         self.slot_freed = threading.Event()
         self._next_sweep = 0.0
