@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator
 
 import pytest
 import redis
-from kombu import Connection, Queue
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
 
 from forwarder.celery_ext.redis_transport import Transport
 
@@ -38,3 +41,44 @@ def test_a_message_acked_after_its_connection_closed_does_not_stop_the_consumer(
         assert conn.hlen("unacked") == 0
         assert conn.zcard("unacked_index") == 0
         assert conn.llen("closed") == 1
+
+
+def _publish(connection: Connection, queue: str, count: int) -> Queue:
+    declared = Queue(queue, channel=connection.default_channel)
+    declared.declare()
+    channel = connection.default_channel
+    for n in range(count):
+        channel.basic_publish(channel.prepare_message(f"m{n}"), exchange="", routing_key=queue)
+    return declared
+
+
+def test_one_take_fetches_only_free_slots_and_records_them_as_kombu_does(
+    connection: Connection, redis_url: str
+) -> None:
+    queue = _publish(connection, "take", 6)
+    received: list[Message] = []
+    channel = connection.default_channel
+    channel.basic_qos(0, 4, False)
+    with Consumer(channel, [queue], callbacks=[lambda _body, message: received.append(message)]):
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=2)
+        assert len(received) == 4  # the free slots, not the 6 queued
+        with redis.Redis.from_url(redis_url) as conn:
+            assert conn.llen("take") == 2
+            records = {
+                tag.decode(): json.loads(raw) for tag, raw in conn.hgetall("unacked").items()
+            }
+            assert sorted(records) == sorted(m.delivery_tag for m in received)
+            assert set(conn.zrange("unacked_index", 0, -1)) == {t.encode() for t in records}
+            for message in received:
+                payload, exchange, routing_key = records[message.delivery_tag]
+                assert (payload, exchange, routing_key) == (message._raw, "", "take")
+        # kombu's own restore (as another worker's sweep would run it) reads the record.
+        with Connection(redis_url) as plain:
+            plain.default_channel.qos.restore_by_tag(received[0].delivery_tag)
+        for message in received[1:]:
+            message.ack()
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=2)  # the next take carries the acks
+    with redis.Redis.from_url(redis_url) as conn:
+        assert conn.hlen("unacked") == conn.zcard("unacked_index") == len(received) - 4

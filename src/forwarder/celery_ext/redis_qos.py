@@ -17,11 +17,12 @@ joins the next round trip instead of making its own.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
 
-from kombu.transport import redis
+from kombu.transport import redis, virtual
 
 __all__ = ["STRAND_GRACE", "QoS", "settle_orphans"]
 
@@ -38,13 +39,46 @@ class QoS(redis.QoS):
         self._pending_acks: set[str] = set()
         self._stranded: dict[str, float] = {}  # delivery tag -> when it could not be restored
         self._flushing = False
+        self._lost_takes: list[tuple[str, int]] = []  # (taken record, take number)
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        if getattr(self.channel, "recording", False):
+            virtual.QoS.append(self, message, delivery_tag)  # take.lua has recorded it
+        else:
+            super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
         self._delivered.pop(delivery_tag, None)
         self._stranded.pop(delivery_tag, None)
         self._pending_acks.add(delivery_tag)
-        self.flush_acks()
+        if not self._take_comes(self.channel):
+            self.flush_acks()
         self.channel.slot_freed()
+
+    @staticmethod
+    def _take_comes(channel: Any) -> bool:
+        """Whether the channel's next command is a take, which carries the pending acks."""
+        return bool(
+            getattr(channel, "taken_key", None)
+            and not channel.closed
+            and not channel._closing
+            and not channel._in_poll
+            and not channel.global_keyprefix
+            and channel.active_queues
+        )
+
+    def take_pending_acks(self) -> list[str]:
+        acks, self._pending_acks = list(self._pending_acks), set()
+        return acks
+
+    def requeue_acks(self, acks: list[str]) -> None:
+        self._pending_acks.update(acks)
+
+    def take_lost(self, acks: list[str], taken_key: str, number: int) -> None:
+        """A take's reply was lost: its acks are sent again, its messages put back."""
+        self.requeue_acks(acks)
+        self._lost_takes.append((taken_key, number))
+        _orphan(self)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         if not requeue:
@@ -87,6 +121,18 @@ class QoS(redis.QoS):
         except self.channel.connection_errors:
             _orphan(self)
 
+    def recover_lost_takes(self, client: Any = None) -> None:
+        """Strand the messages of each lost take that Redis recorded (its number matches)."""
+        with self.channel.conn_or_acquire(client) as conn:
+            while self._lost_takes:
+                key, number = self._lost_takes[0]
+                raw = conn.get(key)
+                tags = json.loads(raw) if raw else []
+                if tags and str(tags[0]) == str(number):
+                    self._stranded.update(dict.fromkeys(tags[1:], 0.0))
+                conn.delete(key)
+                self._lost_takes.pop(0)
+
     def restore_stranded(self, client: Any = None, grace: float = STRAND_GRACE) -> None:
         """Put back the stranded messages older than ``grace`` s (kombu's restore_by_tag)."""
         ceiling = time.monotonic() - grace
@@ -97,7 +143,7 @@ class QoS(redis.QoS):
 
     @property
     def unsettled(self) -> bool:
-        return bool(self._pending_acks or self._stranded)
+        return bool(self._pending_acks or self._stranded or self._lost_takes)
 
 
 def _orphan(qos: QoS) -> None:
@@ -111,6 +157,7 @@ def settle_orphans(client: Any) -> None:
         orphans = list(_orphans)
     for qos in orphans:
         qos.flush_acks(client)
+        qos.recover_lost_takes(client)
         qos.restore_stranded(client)
         if not qos.unsettled:
             with _orphans_lock:

@@ -1,7 +1,9 @@
-"""kombu's Redis transport, waking a saturated consumer as soon as a task frees its slot.
+"""kombu's Redis transport: atomic batched takes, acks that survive restarts, prompt wake-ups.
+
+Consumption (``redis_take``) and acknowledgements (``redis_qos``) are in their own modules.
 
 A worker without an event loop (the gevent pool) consumes through ``drain_events(timeout=2)``.
-While every prefetch slot is taken kombu keeps no BRPOP pending, so nothing wakes that wait when a
+While every prefetch slot is taken no take is pending, so nothing wakes that wait when a
 task finishes: the worker sat idle for up to 2 s each time it was saturated (64 tasks of 0.5 s on
 16 greenlets took 6.7 s instead of 2 s), and polling for a free slot instead costs CPU for as
 long as the slots stay taken (10% of a core at a 2 ms poll). Here every ack or reject sets an
@@ -10,7 +12,7 @@ nothing while none does. The prefork pool's event loop does not use ``drain_even
 
 kombu sweeps the unacknowledged messages of dead consumers back into their queue (once their
 visibility timeout has passed) from the event loop's timer, or from ``drain_events`` only when a
-poll finds nothing at all; but an idle BRPOP times out with a reply every second, so a gevent
+poll finds nothing at all; but an idle wait times out with a reply every second, so a gevent
 worker never swept and a task whose worker died stayed unacknowledged until a prefork worker
 came. Here ``drain_events`` sweeps on the event loop's schedule (kombu scans every tenth call).
 
@@ -28,13 +30,14 @@ from typing import Any
 from kombu.transport import redis
 
 from forwarder.celery_ext.redis_qos import QoS, settle_orphans
+from forwarder.celery_ext.redis_take import TakingChannel
 
 __all__ = ["Transport"]
 
 log = logging.getLogger(__name__)
 
 
-class Channel(redis.Channel):
+class Channel(TakingChannel):
     QoS = QoS
     _shared: tuple[Any, Any] | None = None  # (pool, client)
 
