@@ -223,10 +223,18 @@ def test_sigterm_under_load_finishes_in_flight_and_loses_none(
     calls_first = echo.stats()["predict_requests"]
     assert calls_first == len(tally.stored), "the stopping worker called the model without storing"
 
-    procs.worker(model_port=echo.port, pool=pool, broker_url=redis_url, queue="term", concurrency=4)
+    stored_first = set(tally.stored)
+
+    second = procs.worker(
+        model_port=echo.port, pool=pool, broker_url=redis_url, queue="term", concurrency=4
+    )
     tally.wait(redis_url, timeout=60)
     tally.model_calls = echo.stats()["predict_requests"]
     tally.report()
     assert tally.lost == [], tally.line()
     assert tally.states() == {"SUCCESS": count}, tally.failures()
+    # Every ack of a stored task reached Redis before the first worker's channel closed: none of
+    # them was put back for the second worker.
+    rerun = [t for t in stored_first if f"[{t}] received" in second.log()]
+    assert rerun == [], f"{len(rerun)} stored tasks delivered again: {tally.line()}"
     assert tally.duplicates == 0, tally.line()

@@ -82,3 +82,25 @@ def test_one_take_fetches_only_free_slots_and_records_them_as_kombu_does(
             connection.drain_events(timeout=2)  # the next take carries the acks
     with redis.Redis.from_url(redis_url) as conn:
         assert conn.hlen("unacked") == conn.zcard("unacked_index") == len(received) - 4
+
+
+def test_acks_waiting_for_the_next_take_are_written_before_the_channel_closes(
+    connection: Connection, redis_url: str
+) -> None:
+    """A warm shutdown: the tasks finished and acked, no take follows, the channel closes."""
+    queue = _publish(connection, "shutdown", 3)
+    received: list[Message] = []
+    channel = connection.default_channel
+    channel.basic_qos(0, 3, False)
+    with Consumer(channel, [queue], callbacks=[lambda _body, message: received.append(message)]):
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=2)
+        assert len(received) == 3
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=0.5)  # its take finds nothing: nothing is in flight
+        for message in received:
+            message.ack()
+    connection.release()
+    with redis.Redis.from_url(redis_url) as conn:
+        assert conn.hlen("unacked") == conn.zcard("unacked_index") == 0
+        assert conn.llen("shutdown") == 0  # none put back for the next worker

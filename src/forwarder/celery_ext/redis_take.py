@@ -54,6 +54,19 @@ class TakingChannel(redis.Channel):
         self.taken_key = f"{TAKEN_KEY_PREFIX}{uuid.uuid4().hex}"
         self._acks_sent: list[str] = []
 
+    def basic_cancel(self, consumer_tag: Any) -> Any:
+        # No take follows the last cancel (a warm shutdown): the acks waiting for one go now.
+        ret = super().basic_cancel(consumer_tag)
+        self.qos.flush_acks()
+        return ret
+
+    def close(self) -> None:
+        # Before kombu restores what is still unacknowledged: a task whose result was stored
+        # and ack made must not come back to the next worker.
+        if not self.closed:
+            self.qos.flush_acks()
+        super().close()
+
     @property
     def recording(self) -> bool:
         return self._recording
