@@ -126,6 +126,9 @@ def delivered_records(endpoint: str) -> int:
 class Stack:
     """The services every stage runs against, started once and stopped together."""
 
+    def __init__(self, aws: bool = True) -> None:
+        self.aws = aws  # False: no moto, for stages without the Firehose sink
+
     def __enter__(self) -> Stack:
         self._folder = tempfile.TemporaryDirectory(prefix="forwarder-bench-")
         self.folder = Path(self._folder.name)
@@ -135,15 +138,18 @@ class Stack:
         try:
             redis_child, redis_port = start_redis(self.folder)
             self._children.append(redis_child)
-            moto, self.moto_endpoint = start_moto(self.folder / "moto.log")
-            self._children.append(moto)
+            self.moto_endpoint = "http://127.0.0.1:9"  # nothing listens: no stage calls AWS
+            if self.aws:
+                moto, self.moto_endpoint = start_moto(self.folder / "moto.log")
+                self._children.append(moto)
             instant, self.model_port = start_echo_server(self.folder / "echo.log")
             self._children.append(instant)
             slow, self.slow_model_port = start_echo_server(
                 self.folder / "echo-slow.log", "--delay", str(MODEL_DELAY)
             )
             self._children.append(slow)
-            make_stream(self.moto_endpoint)
+            if self.aws:
+                make_stream(self.moto_endpoint)
         except BaseException:
             self.close()
             raise
