@@ -131,7 +131,8 @@ class Stack:
 
     def __init__(self, aws: bool = True) -> None:
         self.aws = aws
-        self.moto_endpoint = ""
+        # Nothing listens there: a stage without moto makes no AWS call.
+        self.moto_endpoint = "http://127.0.0.1:9"
 
     def __enter__(self) -> Stack:
         self._folder = tempfile.TemporaryDirectory(prefix="forwarder-bench-")

@@ -29,6 +29,7 @@ __all__ = [
     "STOPPED_STATES",
     "SUBMITTED_KWARG",
     "SUCCESS",
+    "TAKEN_KEY_PREFIX",
     "TASK_ID_ALLOWED",
     "TASK_NAMES",
     "TIMEOUT",
@@ -78,6 +79,8 @@ EVENTS_KEY_PREFIX = "forwarder-events-"
 OWNER_KEY_PREFIX = "forwarder-owner-"
 # Followed by a hash of the caller's key, in the store beside the results.
 IDEMPOTENCY_KEY_PREFIX = "forwarder-idempotency-"
+# In the Redis broker, followed by a consumer's id: the delivery tags of its last take.
+TAKEN_KEY_PREFIX = "forwarder-taken-"
 # The dead-letter queue's name is the work queue's with this after it (before a FIFO's .fifo);
 # a dash, not a dot: kombu's SQS transport would turn a dot into one anyway.
 DEAD_LETTER_SUFFIX = "-dead-letter"

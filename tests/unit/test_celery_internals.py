@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,19 +29,27 @@ def billiard_pool() -> Iterator[Any]:
         pool.join()
 
 
+def instance_of(owner: type, billiard_pool: Any) -> Any:
+    """A real instance of ``owner``, for the names its ``__init__`` sets."""
+    from kombu.transport import redis, virtual
+
+    if isinstance(billiard_pool, owner):
+        return billiard_pool
+    if isinstance(billiard_pool._inqueue, owner):  # the pool's job pipe (a SimpleQueue)
+        return billiard_pool._inqueue
+    if owner is virtual.QoS:
+        return virtual.QoS(channel=SimpleNamespace(do_restore=False))
+    if owner is redis.MultiChannelPoller:
+        return redis.MultiChannelPoller()
+    return None
+
+
 @pytest.mark.parametrize("internal", INTERNALS, ids=[i.label for i in INTERNALS])
 def test_each_private_name_is_still_there_as_used(internal: Internal, billiard_pool: Any) -> None:
     instance = None
     if internal.on_instance:
-        # The pool's own, or its job pipe (a SimpleQueue) for the queue's names.
-        instance = next(
-            (
-                candidate
-                for candidate in (billiard_pool, billiard_pool._inqueue)
-                if isinstance(candidate, internal.owner_class())
-            ),
-            None,
-        )
+        instance = instance_of(internal.owner_class(), billiard_pool)
+        assert isinstance(instance, internal.owner_class()), internal.label
     assert problem(internal, instance) is None
 
 

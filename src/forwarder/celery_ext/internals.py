@@ -171,6 +171,69 @@ INTERNALS: tuple[Internal, ...] = (
         "redis_transport overrides it: one redis client per connection pool, not per message",
         ("self", "asynchronous"),
     ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_connparams",
+        "redis_transport overrides it: kept, so a closed channel can still ack and restore",
+        ("self", "asynchronous"),
+    ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_brpop_start",
+        "redis_take overrides it: sends the take script, or the wait when a take found nothing",
+        ("self", "timeout"),
+    ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_brpop_read",
+        "redis_take overrides it: reads the take's reply and delivers every message in it",
+        ("self", "options"),
+    ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_flush_brpop_reauth",
+        "redis_take: called once a reply is read, as kombu's BRPOP read does",
+        ("self",),
+    ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_q_for_pri",
+        "redis_take: the list of each queue and priority, in kombu's order",
+        ("self", "queue", "pri"),
+    ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_in_poll",
+        "redis_take and redis_qos: the polled connection while a reply is awaited",
+    ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_brpop_sent_at",
+        "redis_take: when the awaited command was sent, for kombu's health check",
+    ),
+    Internal(
+        "kombu.transport.redis:Channel",
+        "_closing",
+        "redis_qos: a closing channel sends no more takes, so its acks are written at once",
+    ),
+    Internal(
+        "kombu.transport.virtual.base:Transport",
+        "_deliver",
+        "redis_take: each taken message is delivered as kombu delivers a BRPOP reply",
+        ("self", "message", "queue"),
+    ),
+    Internal(
+        "kombu.transport.virtual.base:QoS",
+        "_delivered",
+        "redis_qos: the delivered, unacknowledged messages, dropped on ack, stranded on close",
+        on_instance=True,
+    ),
+    Internal(
+        "kombu.transport.redis:MultiChannelPoller",
+        "_channels",
+        "redis_transport: the poller's open channels, one of which settles closed channels' acks",
+        on_instance=True,
+    ),
 )
 
 

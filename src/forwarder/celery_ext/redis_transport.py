@@ -1,7 +1,9 @@
-"""kombu's Redis transport, waking a saturated consumer as soon as a task frees its slot.
+"""kombu's Redis transport: atomic batched takes, acks that survive restarts, prompt wake-ups.
+
+Consumption (``redis_take``) and acknowledgements (``redis_qos``) are in their own modules.
 
 A worker without an event loop (the gevent pool) consumes through ``drain_events(timeout=2)``.
-While every prefetch slot is taken kombu keeps no BRPOP pending, so nothing wakes that wait when a
+While every prefetch slot is taken no take is pending, so nothing wakes that wait when a
 task finishes: the worker sat idle for up to 2 s each time it was saturated (64 tasks of 0.5 s on
 16 greenlets took 6.7 s instead of 2 s), and polling for a free slot instead costs CPU for as
 long as the slots stay taken (10% of a core at a 2 ms poll). Here every ack or reject sets an
@@ -10,7 +12,7 @@ nothing while none does. The prefork pool's event loop does not use ``drain_even
 
 kombu sweeps the unacknowledged messages of dead consumers back into their queue (once their
 visibility timeout has passed) from the event loop's timer, or from ``drain_events`` only when a
-poll finds nothing at all; but an idle BRPOP times out with a reply every second, so a gevent
+poll finds nothing at all; but an idle wait times out with a reply every second, so a gevent
 worker never swept and a task whose worker died stayed unacknowledged until a prefork worker
 came. Here ``drain_events`` sweeps on the event loop's schedule (kombu scans every tenth call).
 
@@ -20,28 +22,39 @@ keeps one per connection pool.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 from kombu.transport import redis
 
+from forwarder.celery_ext.redis_qos import QoS, settle_orphans
+from forwarder.celery_ext.redis_take import TakingChannel
+
 __all__ = ["Transport"]
 
-
-class QoS(redis.QoS):
-    def ack(self, delivery_tag: Any) -> None:
-        super().ack(delivery_tag)
-        self.channel.connection.slot_freed.set()
-
-    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        super().reject(delivery_tag, requeue=requeue)
-        self.channel.connection.slot_freed.set()
+log = logging.getLogger(__name__)
 
 
-class Channel(redis.Channel):
+class Channel(TakingChannel):
     QoS = QoS
     _shared: tuple[Any, Any] | None = None  # (pool, client)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connparams(asynchronous=False)  # kept while the channel can still read them
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # kombu reads them from the kombu connection, which a reconnect detaches from this
+        # channel's transport, while Celery still acks this channel's messages and kombu
+        # restores them on close: "'NoneType' object has no attribute 'hostname'" stopped a
+        # prefork worker for good at a Redis restart. Kept from the first call, the channel can
+        # reach Redis again once it is back.
+        kept: dict[bool, Any] = self.__dict__.setdefault("_kept_connparams", {})
+        if asynchronous not in kept:
+            kept[asynchronous] = super()._connparams(asynchronous=asynchronous)
+        return dict(kept[asynchronous])
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -54,12 +67,30 @@ class Channel(redis.Channel):
             self._shared = (pool, super()._create_client())
         return self._shared[1]
 
+    def slot_freed(self) -> None:
+        transport = self.connection  # None once the channel is closed
+        if transport is not None:
+            transport.slot_freed.set()
+
+
+class Poller(redis.MultiChannelPoller):
+    def maybe_restore_messages(self) -> None:
+        for channel in list(self._channels):
+            if channel.active_queues:
+                try:
+                    settle_orphans(channel._create_client())
+                except channel.connection_errors:
+                    log.debug("settling closed channels' acks: Redis is down", exc_info=True)
+                break
+        super().maybe_restore_messages()
+
 
 class Transport(redis.Transport):
     Channel = Channel
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.cycle = Poller()  # type: ignore[assignment]  # kombu declares a FairCycle
         # Built after gevent's patching (when it patches), so this is a greenlet-aware event.
         self.slot_freed = threading.Event()
         self._next_sweep = 0.0
