@@ -1,6 +1,6 @@
 """Delivering one callback: the same request tried until the receiver takes it, or gives up.
 
-Connection errors, timeouts, 429 and 5xx are tried again with jittered exponential backoff (a
+Connection errors, timeouts, 408, 429 and 5xx are tried again with jittered exponential backoff (a
 ``Retry-After`` of whole seconds is honoured, up to the cap), up to ``max_attempts`` in all; any
 other reply is final. Redirects are not followed: a redirect would carry the credentials and the
 client certificate to a URL nobody chose. Logs and errors show a URL's origin only, since webhook
@@ -23,7 +23,7 @@ from forwarder.backoff import backoff
 from forwarder.config.hooks import CallbackSettings
 from forwarder.errors import CallbackError
 
-__all__ = ["CallbackRequest", "deliver", "origin", "retry_delay", "retryable"]
+__all__ = ["Attempt", "CallbackRequest", "attempt", "deliver", "origin", "retry_delay", "retryable"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ def origin(url: str) -> str:
 
 
 def retryable(status: int) -> bool:
-    """Whether a reply with this status is worth another attempt: 429 and 5xx."""
-    return status == 429 or 500 <= status <= 599
+    """Whether a reply with this status is worth another attempt: 408, 429 and 5xx."""
+    return status in (408, 429) or 500 <= status <= 599
 
 
 def retry_delay(attempt: int, base: float, cap: float, retry_after: str | None = None) -> float:
@@ -82,6 +82,17 @@ class _Failed:
     retry_after: str | None = None
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What one POST came to: delivered, worth another try, or refused for good."""
+
+    delivered: bool
+    status: int | None = None  # the reply's status; None when no reply came
+    problem: str = ""
+    retry: bool = False  # worth another attempt
+    retry_after: str | None = None
+
+
 def deliver(
     session: requests.Session,
     request: CallbackRequest,
@@ -117,6 +128,20 @@ def _attempt(
     session: requests.Session, request: CallbackRequest, timeout: tuple[float, float]
 ) -> _Failed | None:
     """None once delivered; what failed when it is worth another try; raises when it is not."""
+    result = attempt(session, request, timeout)
+    if result.delivered:
+        return None
+    if not result.retry:
+        suffix = " (not retried)" if result.status is not None else ""
+        verb = "refused" if result.status is not None else "failed"
+        raise CallbackError(f"{request.shown} {verb}: {result.problem}{suffix}")
+    return _Failed(result.problem, result.retry_after)
+
+
+def attempt(
+    session: requests.Session, request: CallbackRequest, timeout: tuple[float, float]
+) -> Attempt:
+    """POST ``request`` once; never raises for what the receiver or the network did."""
     try:
         reply = session.post(
             request.url,
@@ -129,17 +154,15 @@ def _attempt(
             stream=True,
         )
     except (requests.ConnectionError, requests.Timeout) as exc:
-        return _Failed(_describe(exc))
+        return Attempt(False, problem=_describe(exc), retry=True)
     except requests.RequestException as exc:
-        raise CallbackError(f"{request.shown} failed: {_describe(exc)}") from None
+        return Attempt(False, problem=_describe(exc))
     with reply:
         excerpt = next(reply.iter_content(_EXCERPT_BYTES), b"")
     status = reply.status_code
     if 200 <= status < 300:
         log.debug("%s: HTTP %d", request.shown, status)
-        return None
+        return Attempt(True, status)
     problem = f"HTTP {status} {excerpt.decode(errors='replace')!r}"
-    if not retryable(status):
-        raise CallbackError(f"{request.shown} refused: {problem} (not retried)")
     retry_after = reply.headers.get("Retry-After") if status in (429, 503) else None
-    return _Failed(problem, retry_after)
+    return Attempt(False, status, problem, retryable(status), retry_after)

@@ -11,6 +11,7 @@ count, expiring with the results) and its STARTED state are one script too. The 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -93,6 +94,11 @@ class RedisBackend(ForwarderBackendMixin, CeleryRedisBackend):  # type: ignore[m
         ]
         canceled, deliveries, started = self._run("admit", keys, args)
         return Admission(bool(canceled), int(deliveries), bool(started))
+
+    def keys_with_prefix(self, prefix: str) -> Iterator[str]:
+        """Every stored key starting with ``prefix`` (SCAN: it never blocks Redis)."""
+        for key in self.client.scan_iter(match=f"{prefix}*", count=500):
+            yield key.decode() if isinstance(key, bytes) else key
 
     @property
     def _expiry(self) -> int:
