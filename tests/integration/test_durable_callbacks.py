@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from support.callbacks import CallbackReceiver
@@ -156,3 +157,38 @@ def test_a_refusing_receiver_gets_one_attempt_then_a_redelivery_once_fixed(
     again = forwarder("callbacks", "redeliver", task_id, *broker)
     assert again.returncode == 1
     assert "has not failed" in again.stderr
+
+
+def test_the_gateway_shows_the_delivery_and_redelivers_a_failed_one(
+    procs: Processes, redis_url: str, callback_receiver: CallbackReceiver, tmp_path: Path
+) -> None:
+    callback_receiver.statuses = [410]
+    config = write_config(tmp_path / "callbacks.yaml", {"default_url": callback_receiver.url()})
+    echo = procs.echo()
+    procs.worker(model_port=echo.port, broker_url=redis_url, extra_args=config)
+    gateway = procs.gateway(broker_url=redis_url)
+    submitted = requests.post(f"{gateway.url}/v1/async-tasks", json={"args": {"n": 1}}, timeout=10)
+    task_id = submitted.json()["task_id"]
+
+    def view() -> dict[str, Any]:
+        return dict(requests.get(f"{gateway.url}/v1/async-tasks/{task_id}", timeout=10).json())
+
+    failed = wait_for(
+        lambda: (v := view()).get("callback", {}).get("status") == "failed" and v,
+        30,
+        lambda: f"task: {view()}",
+    )
+    assert failed["status"] == "SUCCESS"
+    assert failed["result"] == {"result": '{"n": 1}'}
+    assert failed["callback"]["attempts"] == 1
+    assert failed["callback"]["last_status_code"] == 410
+
+    url = f"{gateway.url}/v1/async-tasks/{task_id}/callback/redeliver"
+    again = requests.post(url, timeout=10)
+    assert again.status_code == 202, again.text
+    assert again.json()["status"] == "pending"
+    wait_for(lambda: view()["callback"]["status"] == "delivered", 30, lambda: f"task: {view()}")
+    assert requests.post(url, timeout=10).status_code == 409
+    # A task without a queued callback keeps model-engine's shape exactly.
+    missing = requests.get(f"{gateway.url}/v1/async-tasks/no-such-task", timeout=10).json()
+    assert set(missing) == {"task_id", "status", "result", "traceback", "status_code"}

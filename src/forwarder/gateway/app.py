@@ -6,6 +6,7 @@ Routes (model-engine's first, so its clients work unchanged):
                                             -> {"task_id"}; Idempotency-Key header honoured
     GET  /v1/async-tasks/{task_id}          -> {"task_id", "status", "result", "traceback", "status_code"}
     POST /v1/async-tasks/{task_id}/cancel   -> the same shape; idempotent
+    POST /v1/async-tasks/{task_id}/callback/redeliver  -> a failed callback's delivery, again
     GET  /healthz, GET /readyz (the broker answers), /docs, /openapi.json
 
 Tasks go out under the LIRA task name to the configured queue, through the same broker client as
@@ -131,9 +132,26 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
 
-    routes = TaskRoutes(broker, store, gateway, queue, authorize, responses)
+    deliveries = None
+    if isinstance(client, ForwarderClient):
+        from forwarder.gateway.callbacks import CallbackDeliveries
+
+        deliveries = CallbackDeliveries(settings, client.app)
+    routes = TaskRoutes(
+        broker,
+        store,
+        gateway,
+        queue,
+        authorize,
+        responses,
+        callback_view=deliveries.view if deliveries is not None else None,
+    )
     add_submit_route(app, routes)
     add_task_routes(app, routes)
+    if deliveries is not None:
+        from forwarder.gateway.callbacks import add_redeliver_route
+
+        add_redeliver_route(app, routes, deliveries)
     add_health_routes(app, broker_check)
     app.add_middleware(BodyLimits, max_body_bytes=gateway.max_body_bytes)
     add_metrics(app)  # outermost, so that a 413 from the body limits is counted too

@@ -41,6 +41,7 @@ __all__ = [
     "add_health_routes",
     "add_submit_route",
     "add_task_routes",
+    "blocking",
     "task_view",
 ]
 
@@ -92,6 +93,8 @@ class TaskRoutes:
     # The bearer-token check: the caller's principal ("" without authentication).
     authorize: Callable[..., str]
     responses: dict[int | str, dict[str, Any]]
+    # A task's callback delivery state by task id (None: the GET shows none).
+    callback_view: Callable[[str], Any] | None = None
 
     @property
     def dependencies(self) -> list[Any]:
@@ -122,7 +125,7 @@ def task_view(task: TaskResult) -> GetAsyncTaskV1Response:
     return GetAsyncTaskV1Response(task_id=task.task_id, status=status)
 
 
-async def _blocking(call: Callable[..., Any], *args: Any) -> Any:
+async def blocking(call: Callable[..., Any], *args: Any) -> Any:
     """``call(*args)`` in a worker thread; a failure of the broker or the store is a 503."""
     try:
         return await anyio.to_thread.run_sync(call, *args)
@@ -176,13 +179,13 @@ def add_submit_route(app: FastAPI, routes: TaskRoutes) -> None:
             )
 
         if idempotency_key is None:
-            return CreateAsyncTaskV1Response(task_id=await _blocking(send, str(uuid.uuid4())))
+            return CreateAsyncTaskV1Response(task_id=await blocking(send, str(uuid.uuid4())))
         key = scoped_key(idempotency_key, principal)
         # What the client sent, as ``forwarder submit`` fingerprints it: either way, one request.
         request_fingerprint = fingerprint(body.model_dump(mode="json", exclude_unset=True))
         retention = gateway.idempotency_retention_seconds
         try:
-            task_id, sent = await _blocking(
+            task_id, sent = await blocking(
                 submit_once, routes.store, key, request_fingerprint, retention, send
             )
         except IdempotencyKeyReused as exc:
@@ -195,13 +198,14 @@ def add_submit_route(app: FastAPI, routes: TaskRoutes) -> None:
 
 def add_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
     """``GET /v1/async-tasks/{task_id}`` and ``POST /v1/async-tasks/{task_id}/cancel``."""
-    for method, path, name, summary, call in (
+    for method, path, name, summary, call, callback_view in (
         (
             "GET",
             "/v1/async-tasks/{task_id}",
             "get_async_task",
             "A task's state and result",
             routes.broker.get,
+            routes.callback_view,
         ),
         (
             "POST",
@@ -209,11 +213,12 @@ def add_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
             "cancel_async_task",
             "Cancel a task: a queued one never runs, a running one is abandoned",
             routes.broker.cancel,
+            None,
         ),
     ):
         app.add_api_route(
             path,
-            _task_endpoint(call),
+            _task_endpoint(call, callback_view),
             methods=[method],
             name=name,
             response_model=GetAsyncTaskV1Response,
@@ -224,11 +229,16 @@ def add_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
         )
 
 
-def _task_endpoint(call: Callable[[str], TaskResult]) -> Callable[..., Any]:
-    """A route answering with what ``call(task_id)`` says of the task."""
+def _task_endpoint(
+    call: Callable[[str], TaskResult], callback_view: Callable[[str], Any] | None
+) -> Callable[..., Any]:
+    """A route answering with what ``call(task_id)`` says of the task (and of its callback)."""
 
     async def endpoint(task_id: TaskId) -> GetAsyncTaskV1Response:
-        return task_view(await _blocking(call, task_id))
+        view = task_view(await blocking(call, task_id))
+        if callback_view is not None:
+            view.callback = await blocking(callback_view, task_id)
+        return view
 
     return endpoint
 
