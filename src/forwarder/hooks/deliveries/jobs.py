@@ -17,7 +17,7 @@ from typing import Any
 from forwarder.errors import PayloadError
 from forwarder.protocol import CALLBACKS_QUEUE_SUFFIX, PARKED_CALLBACKS_SUFFIX
 
-__all__ = ["DeliveryJob", "callbacks_queue", "parked_queue", "retry_schedule"]
+__all__ = ["DeliveryJob", "callbacks_queue", "parked_queue"]
 
 
 def callbacks_queue(queue: str) -> str:
@@ -60,16 +60,9 @@ class DeliveryJob:
         return replace(
             self,
             attempts=self.attempts + 1,
-            first_attempt_at=self.first_attempt_at if self.first_attempt_at else now,
+            first_attempt_at=now if self.first_attempt_at is None else self.first_attempt_at,
         )
 
     def fresh(self) -> DeliveryJob:
         """The job as a redelivery starts it: no attempts, a new window."""
         return replace(self, attempts=0, first_attempt_at=None)
-
-
-def retry_schedule(attempts: int, base: float, cap: float) -> float:
-    """The backoff before attempt ``attempts + 1``, jittered (``forwarder.backoff``)."""
-    from forwarder.backoff import backoff
-
-    return backoff(attempts - 1, base, cap)

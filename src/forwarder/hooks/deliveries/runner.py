@@ -49,7 +49,7 @@ def next_delay(
         settings.delivery_backoff_max_seconds,
         result.retry_after,
     )
-    started = job.first_attempt_at or now
+    started = job.first_attempt_at if job.first_attempt_at is not None else now
     if now + delay > started + settings.retry_window_seconds:
         return None
     return delay
