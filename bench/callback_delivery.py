@@ -13,6 +13,7 @@ many callbacks had arrived when the last result was stored.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import threading
@@ -21,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 import yaml
 
@@ -47,8 +49,22 @@ class SlowReceiver(BaseHTTPRequestHandler):
         pass
 
 
-def run(folder: Path, broker: str, model_port: int, mode: str, tasks: int, args: Any) -> float:
-    """Inference tasks/s of one worker in ``mode`` (none, queued, inline), from first send."""
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the worker and of the deliverer beside it (each with its children)."""
+    root = psutil.Process(pid)
+    totals = {"worker": sum(root.cpu_times()[:2]), "deliverer": 0.0}
+    for child in root.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            name = "deliverer" if "deliver" in child.cmdline() else "worker"
+            totals[name] += sum(child.cpu_times()[:2])
+    return totals
+
+
+def run(
+    folder: Path, broker: str, model_port: int, mode: str, tasks: int, args: Any
+) -> tuple[float, dict[str, float]]:
+    """Inference tasks/s of one worker in ``mode`` (none, queued, inline), from first send, and
+    the CPU ms per task of the worker and of its deliverer."""
     queue = f"bench-{mode}-{time.monotonic_ns()}"
     config: dict[str, Any] = {}
     if mode != "none":
@@ -79,12 +95,16 @@ def run(folder: Path, broker: str, model_port: int, mode: str, tasks: int, args:
             worker.wait_for(r"deliverer-\d+@\S+ ready\.", 60)
         settings = load_settings(env={}, flags={"--broker-url": broker, "--queue": queue})
         with ForwarderClient(settings) as client, redis.Redis.from_url(broker) as conn:
+            before = tree_cpu(worker.pid)
             started = time.monotonic()
             ids = [client.submit({"args": {"i": i}}) for i in range(tasks)]
             keys = [f"celery-task-meta-{task_id}" for task_id in ids]
             while sum(raw is not None and b"SUCCESS" in raw for raw in conn.mget(keys)) < tasks:
                 time.sleep(0.05)
-            return tasks / (time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            after = tree_cpu(worker.pid)
+            cpu = {name: 1000 * (after[name] - before[name]) / tasks for name in after}
+            return tasks / elapsed, cpu
     finally:
         worker.stop(timeout=60)
 
@@ -110,30 +130,30 @@ def main() -> None:
         echo, model_port = start_echo_server(folder / "echo.log", "--delay", str(args.model_delay))
         broker = f"redis://{HOST}:{redis_port}/0"
         try:
-            rates: dict[str, list[float]] = {"none": [], "queued": []}
+            runs: dict[str, list[tuple[float, dict[str, float]]]] = {"none": [], "queued": []}
             for _ in range(args.rounds):
-                for mode in rates:
-                    rates[mode].append(run(folder, broker, model_port, mode, args.tasks, args))
-            inline = (
-                run(folder, broker, model_port, "inline", args.inline_tasks, args)
-                if args.inline_tasks
-                else None
-            )
+                for mode in runs:
+                    runs[mode].append(run(folder, broker, model_port, mode, args.tasks, args))
+            if args.inline_tasks:
+                runs["inline"] = [
+                    run(folder, broker, model_port, "inline", args.inline_tasks, args)
+                ]
         finally:
             echo.stop()
             redis_child.stop()
             receiver.shutdown()
-    none, queued = (statistics.median(rates[m]) for m in ("none", "queued"))
     print(
         f"receiver {args.receiver_delay:g} s per call, model {args.model_delay:g} s, "
         f"{args.pool} c={args.concurrency}, {args.tasks} tasks x {args.rounds} rounds (median)"
     )
-    print("| callbacks | tasks/s | ratio to none |")
-    print("|---|---|---|")
-    print(f"| none | {none:.1f} | 1.000 |")
-    print(f"| queued | {queued:.1f} | {queued / none:.3f} |")
-    if inline is not None:
-        print(f"| inline | {inline:.1f} | {inline / none:.3f} |")
+    print("| callbacks | tasks/s | ratio to none | worker CPU ms/task | deliverer CPU ms/task |")
+    print("|---|---|---|---|---|")
+    none = statistics.median(rate for rate, _ in runs["none"])
+    for mode, results in runs.items():
+        rate = statistics.median(r for r, _ in results)
+        worker = statistics.median(c["worker"] for _, c in results)
+        deliverer = statistics.median(c["deliverer"] for _, c in results)
+        print(f"| {mode} | {rate:.1f} | {rate / none:.3f} | {worker:.2f} | {deliverer:.2f} |")
     print(f"callbacks received by the end: {SlowReceiver.calls}")
 
 

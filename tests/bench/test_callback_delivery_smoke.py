@@ -29,7 +29,13 @@ def test_callback_delivery_benchmark_short_mode_reports() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = dict(re.findall(r"^\| (none|queued) \| ([\d.]+) \| [\d.]+ \|$", completed.stdout, re.M))
+    rows = dict(
+        re.findall(
+            r"^\| (none|queued) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$",
+            completed.stdout,
+            re.M,
+        )
+    )
     assert set(rows) == {"none", "queued"}, completed.stdout
     assert all(float(rate) > 0 for rate in rows.values())
     calls = re.search(r"callbacks received by the end: (\d+)", completed.stdout)
