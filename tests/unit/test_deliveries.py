@@ -216,3 +216,30 @@ def test_bad_delivery_values_are_named() -> None:
         load_settings(env={}, overrides=["callback.delivery=later"])
     assert raised.value.key == "callback.delivery"
     assert "queued" in str(raised.value)
+
+
+def test_a_queued_callback_carries_no_configured_credential() -> None:
+    from forwarder.config.hooks import BasicAuth
+    from forwarder.hooks.callback import CallbackHook
+
+    jobs: list[DeliveryJob] = []
+    settings = CallbackSettings(
+        default_url="https://receiver.example/cb",
+        default_auth=BasicAuth("svc", "configured-password"),
+    )
+    hook = CallbackHook(settings, enqueue=jobs.append)
+    hook(outcome(request={}))
+    own = {"kind": "basic", "username": "u", "password": "own-password"}
+    hook(
+        outcome(
+            task_id="t10", request={"callback_url": "https://other.example/x", "callback_auth": own}
+        )
+    )
+    hook(outcome(task_id="t11", request={"callback_url": "https://other.example/x"}))
+    default, with_own, elsewhere = jobs
+    assert (default.default_auth, default.auth) == (True, None)
+    assert "configured-password" not in repr(default.as_kwargs())
+    assert (with_own.default_auth, with_own.auth) == (False, own)
+    # Another origin never gets the configured credentials.
+    assert (elsewhere.default_auth, elsewhere.auth) == (False, None)
+    assert json.loads(default.body)["task_id"] == "t9"

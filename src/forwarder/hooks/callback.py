@@ -150,7 +150,7 @@ class CallbackHook(Hook):
             body=body.decode(),
             queue=outcome.queue or "",
             stored_at=time.time(),
-            auth=raw_auth if raw_auth is not None else None,
+            auth=raw_auth,
             # The configured credentials stay in the settings; the job only says they apply.
             default_auth=raw_auth is None and auth is not None,
             trace_headers=dict(outcome.trace_headers),
