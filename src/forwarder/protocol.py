@@ -12,11 +12,14 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "CALLBACKS_QUEUE_SUFFIX",
+    "CALLBACK_STATE_KEY_PREFIX",
     "CANCELED",
     "CANCEL_KEY_PREFIX",
     "COMPLETED_STATES",
     "DEAD_LETTER_SUFFIX",
     "DELIVERIES_KEY_PREFIX",
+    "DELIVER_TASK_NAME",
     "EVENTS_KEY_PREFIX",
     "EXPIRED",
     "FAILURE",
@@ -26,6 +29,7 @@ __all__ = [
     "LIRA_TASK_NAME",
     "MODEL_STATUS_ATTRIBUTE",
     "OWNER_KEY_PREFIX",
+    "PARKED_CALLBACKS_SUFFIX",
     "STOPPED_STATES",
     "SUBMITTED_KWARG",
     "SUCCESS",
@@ -36,6 +40,7 @@ __all__ = [
     "TIMEOUT_KWARG",
     "TRACE_KEYS",
     "TTL_KWARG",
+    "callback_state_key_name",
     "cancel_key_name",
     "deliveries_key_name",
     "events_key_name",
@@ -47,6 +52,8 @@ __all__ = [
 LIRA_TASK_NAME = "ml_serve.celery_service.exec_func"
 LEGACY_TASK_NAME = "hosted_model_inference.inference.async_inference.tasks.predict"
 TASK_NAMES = (LIRA_TASK_NAME, LEGACY_TASK_NAME)
+# The forwarder's own task: one attempt to deliver one task's callback.
+DELIVER_TASK_NAME = "forwarder.deliver_callback"
 
 # The task's kwargs the worker reads (its args stay model-engine's [payload, arrival_timestamp]).
 TTL_KWARG = "ttl_seconds"
@@ -77,6 +84,8 @@ DELIVERIES_KEY_PREFIX = "forwarder-deliveries-"
 EVENTS_KEY_PREFIX = "forwarder-events-"
 # Which gateway caller (a hash of its token, never the token) submitted the task.
 OWNER_KEY_PREFIX = "forwarder-owner-"
+# A task's callback delivery state (pending, delivered, failed), beside its result.
+CALLBACK_STATE_KEY_PREFIX = "forwarder-callback-"
 # Followed by a hash of the caller's key, in the store beside the results.
 IDEMPOTENCY_KEY_PREFIX = "forwarder-idempotency-"
 # In the Redis broker, followed by a consumer's id: the delivery tags of its last take.
@@ -84,11 +93,20 @@ TAKEN_KEY_PREFIX = "forwarder-taken-"
 # The dead-letter queue's name is the work queue's with this after it (before a FIFO's .fifo);
 # a dash, not a dot: kombu's SQS transport would turn a dot into one anyway.
 DEAD_LETTER_SUFFIX = "-dead-letter"
+# The work queue's name with these after it: its callbacks' delivery jobs, and the failed ones
+# kept for a redelivery.
+CALLBACKS_QUEUE_SUFFIX = "-callbacks"
+PARKED_CALLBACKS_SUFFIX = "-callbacks-failed"
 
 
 def cancel_key_name(task_id: str) -> str:
     """The cancel marker a client stores for ``task_id``."""
     return f"{CANCEL_KEY_PREFIX}{task_id}"
+
+
+def callback_state_key_name(task_id: str) -> str:
+    """The delivery state of ``task_id``'s callback."""
+    return f"{CALLBACK_STATE_KEY_PREFIX}{task_id}"
 
 
 def deliveries_key_name(task_id: str, retries: int) -> str:

@@ -49,6 +49,8 @@ def test_callback_receiver_and_logging_sink_down(
                 "endpoint": {"id": "end_1", "name": "echo", "type": "async"},
                 "callback": {
                     "default_url": f"http://127.0.0.1:{dead}/callback",
+                    # The hook's own tries in the slot, counted by the worker.
+                    "delivery": "inline",
                     "max_attempts": 2,
                     "backoff_seconds": 0.01,
                     "timeout_seconds": 1,

@@ -128,6 +128,8 @@ def test_a_down_callback_receiver_is_counted_and_changes_no_result(
             "hooks": ["callback", "logging"],
             "callback": {
                 "default_url": f"http://{HOST}:{free_port()}/down",
+                # The hook's own tries in the slot: a queued delivery's failure is the deliverer's.
+                "delivery": "inline",
                 "max_attempts": 2,
                 "backoff_seconds": 0.05,
                 "backoff_max_seconds": 0.05,

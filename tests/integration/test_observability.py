@@ -42,7 +42,7 @@ def hooks_config(path: Path, callback_url: str, records: Path) -> list[str]:
         yaml.safe_dump(
             {
                 "hooks": ["callback", "logging"],
-                "callback": {"default_url": callback_url, "max_attempts": 1},
+                "callback": {"default_url": callback_url, "max_attempts": 1, "delivery": "inline"},
                 "logging": {"sink": "file", "path": str(records)},
             }
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,18 +31,22 @@ class Received:
 class CallbackReceiver(LocalHTTPServer):
     """An HTTP server in this process that records every POST and answers ``statuses`` in turn.
 
-    Once ``statuses`` is used up it answers 200.
+    Once ``statuses`` is used up it answers 200; each answer comes ``delay`` seconds after the
+    request. ``port``: listen there (a receiver coming back where one was down).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, delay: float = 0.0) -> None:
         self.received: list[Received] = []
         self.statuses: list[int] = []
+        self.delay = delay
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.read_body()
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 with receiver._lock:
                     receiver.received.append(Received(self.path, dict(self.headers), body))
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
@@ -49,10 +54,16 @@ class CallbackReceiver(LocalHTTPServer):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        super().__init__(Handler)
+        super().__init__(Handler, port)
 
     def url(self, path: str = "/callback") -> str:
         return f"http://{HOST}:{self.port}{path}"
+
+    def duplicates(self) -> int:
+        """Calls beyond the first for the same ``webhook-id``."""
+        with self._lock:
+            ids = [r.headers.get("webhook-id") or r.json()["task_id"] for r in self.received]
+        return len(ids) - len(set(ids))
 
     def by_task_id(self) -> dict[str, Received]:
         with self._lock:

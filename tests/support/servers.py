@@ -53,8 +53,8 @@ class QuietHandler(BaseHTTPRequestHandler):
 class LocalHTTPServer:
     """An HTTP server in this process on a free port of 127.0.0.1, serving from a thread."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.server = ThreadingHTTPServer((HOST, 0), handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
+        self.server = ThreadingHTTPServer((HOST, port), handler)
         self.port = int(self.server.server_address[1])
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

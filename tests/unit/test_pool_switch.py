@@ -139,7 +139,7 @@ if config:
 probe = types.ModuleType("forwarder.worker.app")
 seen = {{}}
 
-def run_worker(settings):
+def run_worker(settings, deliverer_argv=()):
     gevent = sys.modules.get("gevent")
     monkey = sys.modules.get("gevent.monkey")
     seen.update(

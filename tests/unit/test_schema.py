@@ -267,7 +267,7 @@ def test_urls_are_shown_without_their_password() -> None:
 @pytest.mark.parametrize(
     ("overrides", "env", "key"),
     [
-        (["callback.signing_secret=[not, text]"], {}, "callback.signing_secret"),
+        (["callback.signing_secret=[not, 3]"], {}, "callback.signing_secret"),
         (["client.gateway_token=''"], {}, "client.gateway_token"),
         ([], {"FORWARDER_GATEWAY_TOKENS": "too-short"}, "FORWARDER_GATEWAY_TOKENS"),
     ],

@@ -1,5 +1,5 @@
-"""``forwarder worker | check-config | gateway | submit | get | cancel | dead-letter | demo |
-echo-server``: the parser, assembled from one module per command family, and ``main``.
+"""``forwarder worker | deliver | check-config | gateway | submit | get | cancel | dead-letter |
+callbacks | demo | echo-server``: the parser, assembled from one module per command family, and ``main``.
 
 This package imports only the standard library, PyYAML and the settings: the worker command must
 be able to patch for gevent before celery or requests are imported.
@@ -14,13 +14,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from forwarder.cli import dead_letters, devtools, gateway, tasks, worker
+from forwarder.cli import callbacks, dead_letters, devtools, gateway, tasks, worker
 from forwarder.errors import ConfigError, ForwarderError
 
 __all__ = ["build_parser", "main"]
 
 # Each adds its commands to the parser, in the order ``forwarder --help`` lists them.
-_FAMILIES = (worker, gateway, tasks, dead_letters, devtools)
+_FAMILIES = (worker, gateway, tasks, dead_letters, callbacks, devtools)
 
 
 def build_parser() -> argparse.ArgumentParser:

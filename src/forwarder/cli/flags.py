@@ -14,7 +14,7 @@ from forwarder.config.parsers import boolean
 from forwarder.config.schema import SETTINGS, flags_for
 from forwarder.config.settings import Settings, load_settings
 
-__all__ = ["add_settings_flags", "configure_logging", "settings_from"]
+__all__ = ["add_settings_flags", "configure_logging", "settings_argv", "settings_from"]
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
@@ -43,6 +43,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
     given = {s.flag: getattr(args, s.dest, None) for s in SETTINGS if s.flag}
     flags = {flag: value for flag, value in given.items() if value is not None}
     return load_settings(args.config, args.set, flags=flags)
+
+
+def settings_argv(args: argparse.Namespace, command: str) -> list[str]:
+    """The settings arguments ``args`` were parsed from, for another command of the family."""
+    argv = ["--config", args.config] if args.config else []
+    for override in args.set:
+        argv += ["--set", override]
+    for setting in flags_for(command):
+        value = getattr(args, setting.dest, None)
+        if value is not None:
+            argv += [setting.flag, str(value)]
+    return argv
 
 
 def configure_logging(settings: Settings) -> None:

@@ -7,12 +7,12 @@ import sys
 
 import yaml
 
-from forwarder.cli.flags import add_settings_flags, configure_logging, settings_from
+from forwarder.cli.flags import add_settings_flags, configure_logging, settings_argv, settings_from
 from forwarder.config.masking import mask_url
 from forwarder.config.schema import masked_document
 from forwarder.worker.gevent_switch import patch_gevent
 
-__all__ = ["add_commands", "cmd_check_config", "cmd_worker"]
+__all__ = ["add_commands", "cmd_check_config", "cmd_deliver", "cmd_worker"]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -22,7 +22,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     configure_logging(settings)
     from forwarder.worker.app import run_worker
 
-    return run_worker(settings)
+    return run_worker(settings, settings_argv(args, "worker"))
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    configure_logging(settings)
+    from forwarder.hooks.deliveries.deliverer import run_deliverer
+
+    return run_deliverer(settings)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -47,6 +55,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add_settings_flags(worker, "worker")
     worker.set_defaults(run=cmd_worker)
+
+    deliver = commands.add_parser(
+        "deliver",
+        help="deliver queued callbacks (the worker starts one itself unless "
+        "callback.delivery_slots is 0)",
+        allow_abbrev=False,
+    )
+    add_settings_flags(deliver, "worker")
+    deliver.set_defaults(run=cmd_deliver)
 
     check = commands.add_parser(
         "check-config", help="validate settings and print them (masked)", allow_abbrev=False

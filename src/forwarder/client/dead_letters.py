@@ -27,7 +27,7 @@ from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError
 from forwarder.worker.crash_loop import DeadLetter
 
-__all__ = ["Entry", "open_dead_letters", "replay"]
+__all__ = ["Entry", "envelope_body", "open_dead_letters", "open_queue_store", "replay"]
 
 
 @dataclass(frozen=True)
@@ -39,20 +39,23 @@ class Entry:
     problem: str = ""
 
 
+def envelope_body(envelope_text: bytes | str) -> Any:
+    """The JSON body in kombu's virtual-transport envelope; nothing else is deserialised."""
+    envelope = json.loads(envelope_text)
+    body = envelope["body"]
+    if envelope.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return loads(  # type: ignore[no-untyped-call]  # kombu is untyped
+        body,
+        envelope["content-type"],
+        envelope["content-encoding"],
+        accept={"application/json"},
+    )
+
+
 def decode(envelope_text: bytes | str, raw: Any) -> Entry:
-    """kombu's virtual-transport envelope around a JSON body; nothing else is deserialised."""
     try:
-        envelope = json.loads(envelope_text)
-        body = envelope["body"]
-        if envelope.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        decoded = loads(  # type: ignore[no-untyped-call]  # kombu is untyped
-            body,
-            envelope["content-type"],
-            envelope["content-encoding"],
-            accept={"application/json"},
-        )
-        return Entry(raw, DeadLetter.from_body(decoded))
+        return Entry(raw, DeadLetter.from_body(envelope_body(envelope_text)))
     except Exception as exc:
         return Entry(raw, None, f"{type(exc).__name__}: {exc}")
 
@@ -69,6 +72,9 @@ class RedisDeadLetters:
     def entries(self) -> Iterator[Entry]:
         for raw in reversed(self.client.lrange(self.queue, 0, -1)):  # oldest first
             yield decode(raw, raw)
+
+    def text_of(self, entry: Entry) -> Any:
+        return entry.raw
 
     def take(self, entry: Entry) -> bool:
         return int(self.client.lrem(self.queue, 1, entry.raw)) == 1
@@ -101,6 +107,9 @@ class FolderDeadLetters:
                 continue
             yield decode(text, name)
 
+    def text_of(self, entry: Entry) -> bytes:
+        return (self.folder / str(entry.raw)).read_bytes()
+
     def take(self, entry: Entry) -> bool:
         # A rename is atomic: only one replay (or consumer) gets the file.
         try:
@@ -124,9 +133,13 @@ class FolderDeadLetters:
 
 
 def open_dead_letters(settings: Settings) -> RedisDeadLetters | FolderDeadLetters:
+    return open_queue_store(settings, settings.worker.dead_letter_queue_name)
+
+
+def open_queue_store(settings: Settings, queue: str) -> RedisDeadLetters | FolderDeadLetters:
+    """The messages of ``queue``, read in place and taken one by one (Redis or embedded)."""
     worker = settings.worker
     config = broker_config(worker)
-    queue = worker.dead_letter_queue_name
     if config.kind == "redis":
         return RedisDeadLetters(config.broker_url, queue)
     if config.kind == "embedded":

@@ -19,6 +19,8 @@ from forwarder.config.parsers import Invalid, choice
 from forwarder.errors import ConfigError
 
 __all__ = [
+    "BODY_MODES",
+    "DELIVERY_MODES",
     "HOOK_NAMES",
     "SINK_NAMES",
     "BasicAuth",
@@ -33,11 +35,17 @@ __all__ = [
     "hook_names",
     "parse_callback_auth",
     "parse_default_auth",
+    "parse_signing_secrets",
     "shown_auth",
+    "shown_secrets",
 ]
 
 HOOK_NAMES = ("callback", "logging")
 SINK_NAMES = ("file", "firehose")
+# inline: the hook's own bounded tries in the task's slot; queued: a delivery job, retried for hours.
+DELIVERY_MODES = ("queued", "inline")
+# full: the result itself; notify: task id, status and where to fetch the result.
+BODY_MODES = ("full", "notify")
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,35 @@ class CallbackSettings:
     max_attempts: int = 3
     backoff_seconds: float = 0.5
     backoff_max_seconds: float = 5.0
-    # Standard Webhooks secret (``whsec_`` + base64, or any other text used as raw bytes).
-    signing_secret: str | None = field(default=None, repr=False)
+    # Standard Webhooks secrets (``whsec_`` + base64, or any other text used as raw bytes): one,
+    # or several during a rotation, each signing every call.
+    signing_secret: str | tuple[str, ...] | None = field(default=None, repr=False)
+    delivery: str = "queued"
+    # Slots of the deliverer the worker starts beside itself; 0: none (run ``forwarder deliver``).
+    delivery_slots: int = 4
+    retry_window_seconds: float = 86400.0
+    delivery_backoff_seconds: float = 10.0
+    delivery_backoff_max_seconds: float = 900.0
+    # How long a delivery job may stay unacknowledged; None: derived from the backoff cap.
+    delivery_visibility_seconds: float | None = None
+    body: str = "full"
+    # Where a notify body says the result is: a URL with ``{task_id}`` in it.
+    result_url: str | None = None
+
+    @property
+    def signing_secrets(self) -> tuple[str, ...]:
+        if self.signing_secret is None:
+            return ()
+        if isinstance(self.signing_secret, str):
+            return (self.signing_secret,)
+        return self.signing_secret
+
+    @property
+    def visibility_seconds(self) -> float:
+        """Longer than any wait for a retry plus an attempt, so a waiting job is never resent."""
+        if self.delivery_visibility_seconds is not None:
+            return self.delivery_visibility_seconds
+        return self.delivery_backoff_max_seconds + 2 * self.timeout_seconds + 60.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +225,24 @@ def _allowed_host(entry: str) -> bool:
     return True
 
 
+def parse_signing_secrets(value: object) -> tuple[str, ...]:
+    """``callback.signing_secret``: one secret, or a list of them (the newest first)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or not items:
+        raise Invalid("a secret, or a non-empty list of secrets")
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise Invalid("a secret, or a non-empty list of secrets (non-empty strings)")
+    return tuple(items)
+
+
+def shown_secrets(secrets: tuple[str, ...] | None) -> str | list[str] | None:
+    """One secret as one mask, a rotation's list as a list of them."""
+    if secrets is None:
+        return None
+    return MASK if len(secrets) == 1 else [MASK] * len(secrets)
+
+
 def parse_default_auth(value: object) -> CallbackAuth:
     return parse_callback_auth(value, "callback.default_auth")
 
@@ -217,3 +270,23 @@ def check_hook_settings(hooks: HookSettings) -> None:
             callback.backoff_max_seconds,
             f"at least callback.backoff_seconds ({callback.backoff_seconds:g})",
         )
+    _check_delivery_settings(callback)
+
+
+def _check_delivery_settings(callback: CallbackSettings) -> None:
+    if callback.delivery_backoff_max_seconds < callback.delivery_backoff_seconds:
+        raise ConfigError(
+            "callback.delivery_backoff_max_seconds",
+            callback.delivery_backoff_max_seconds,
+            f"at least callback.delivery_backoff_seconds ({callback.delivery_backoff_seconds:g})",
+        )
+    needed = callback.delivery_backoff_max_seconds + callback.timeout_seconds
+    if callback.visibility_seconds <= needed:
+        # A job waiting for its retry longer than this would be sent again meanwhile.
+        raise ConfigError(
+            "callback.delivery_visibility_seconds",
+            callback.visibility_seconds,
+            f"more than delivery_backoff_max_seconds + timeout_seconds ({needed:g})",
+        )
+    if callback.result_url is not None and "{task_id}" not in callback.result_url:
+        raise ConfigError("callback.result_url", callback.result_url, "a URL with {task_id} in it")

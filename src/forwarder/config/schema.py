@@ -20,11 +20,15 @@ from forwarder.config import model_engine as me
 from forwarder.config import parsers as p
 from forwarder.config.gateway import ROUTE_ACCESS
 from forwarder.config.hooks import (
+    BODY_MODES,
+    DELIVERY_MODES,
     SINK_NAMES,
     allowed_hosts,
     hook_names,
     parse_default_auth,
+    parse_signing_secrets,
     shown_auth,
+    shown_secrets,
 )
 from forwarder.config.masking import MASK, mask_url
 from forwarder.errors import ConfigError
@@ -58,7 +62,7 @@ __all__ = [
 ]
 
 # The command line's families of settings commands; each takes the flags that name it.
-COMMAND_FAMILIES = ("worker", "gateway", "tasks", "dead-letter")
+COMMAND_FAMILIES = ("worker", "gateway", "tasks", "dead-letter", "callbacks")
 _EVERY = COMMAND_FAMILIES
 _WORKER = ("worker",)
 NOT_SHOWN = "(not shown)"
@@ -235,7 +239,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(CALLBACK, "max_attempts", p.positive_int),
     Setting(CALLBACK, "backoff_seconds", p.positive_number),
     Setting(CALLBACK, "backoff_max_seconds", p.positive_number),
-    Setting(CALLBACK, "signing_secret", p.text, secret=True),
+    Setting(CALLBACK, "signing_secret", parse_signing_secrets, secret=True,
+        show=shown_secrets),
+    Setting(CALLBACK, "delivery", p.choice(*DELIVERY_MODES)),
+    Setting(CALLBACK, "delivery_slots", p.non_negative_int),
+    Setting(CALLBACK, "retry_window_seconds", p.positive_number),
+    Setting(CALLBACK, "delivery_backoff_seconds", p.positive_number),
+    Setting(CALLBACK, "delivery_backoff_max_seconds", p.positive_number),
+    Setting(CALLBACK, "delivery_visibility_seconds", p.optional(p.positive_number)),
+    Setting(CALLBACK, "body", p.choice(*BODY_MODES)),
+    Setting(CALLBACK, "result_url", p.optional(p.http_url)),
     Setting(LOGGING, "sink", p.choice(*SINK_NAMES)),
     Setting(LOGGING, "path", p.expanded_path),
     Setting(LOGGING, "stream_name", p.text),

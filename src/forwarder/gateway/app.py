@@ -7,6 +7,7 @@ Routes (model-engine's first, so its clients work unchanged):
     GET  /v1/async-tasks/{task_id}          -> {"task_id", "status", "result", "traceback", "status_code"}
     POST /v1/async-tasks/{task_id}/cancel   -> the same shape; idempotent
     GET  /v1/async-tasks/{task_id}/events   -> text/event-stream of the task's event log
+    POST /v1/async-tasks/{task_id}/callback/redeliver  -> a failed callback's delivery, again
     GET  /healthz, GET /readyz (the broker answers), /docs, /openapi.json
 
 Tasks go out under the LIRA task name to the configured queue, through the same broker client as
@@ -161,13 +162,30 @@ def create_app(
 
     principal = principal_dependency(bool(gateway.auth_tokens))
     callback_urls = UrlPolicy.from_settings(settings.hooks.callback)
+    deliveries = None
+    if isinstance(client, ForwarderClient):
+        from forwarder.gateway.callbacks import CallbackDeliveries
+
+        deliveries = CallbackDeliveries(settings, client.app)
     routes = TaskRoutes(
-        broker, store, task_owners, gateway, queue, principal, responses, callback_urls
+        broker,
+        store,
+        task_owners,
+        gateway,
+        queue,
+        principal,
+        responses,
+        callback_urls,
+        callback_view=deliveries.view if deliveries is not None else None,
     )
     add_submit_route(app, routes)
     add_task_routes(app, routes)
     if isinstance(client, ForwarderClient):
         add_events_route(app, routes, client.event_log)
+    if deliveries is not None:
+        from forwarder.gateway.callbacks import add_redeliver_route
+
+        add_redeliver_route(app, routes, deliveries)
     add_health_routes(app, broker_check)
     _add_edges(app, gateway)
     return app

@@ -10,12 +10,19 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 __all__ = [
     "MAX_SECONDS",
     "TASK_ID_PATTERN",
     "CallbackBasicAuth",
+    "CallbackDeliveryView",
     "CallbackMtlsAuth",
     "CreateAsyncTaskV1Response",
     "EndpointPredictV1Request",
@@ -99,6 +106,20 @@ class CreateAsyncTaskV1Response(BaseModel):
     task_id: str
 
 
+class CallbackDeliveryView(BaseModel):
+    """A queued callback's delivery; times are UTC epoch seconds."""
+
+    status: Literal["pending", "delivered", "failed"]
+    receiver: str = Field(description="The callback URL's origin")
+    attempts: int
+    last_status_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: float | None = None
+    stored_at: float
+    delivered_at: float | None = None
+    redeliveries: int = 0
+
+
 class GetAsyncTaskV1Response(BaseModel):
     task_id: str
     status: TaskStatus
@@ -113,6 +134,18 @@ class GetAsyncTaskV1Response(BaseModel):
     status_code: int | None = Field(
         default=None, description="The model server's HTTP status, on SUCCESS."
     )
+    callback: CallbackDeliveryView | None = Field(
+        default=None,
+        description="The callback's delivery, when it is queued (not model-engine's; left out "
+        "when there is none, so that model-engine's shape stays as it was)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_callback(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("callback") is None:
+            data.pop("callback", None)
+        return data
 
 
 class ErrorResponse(BaseModel):

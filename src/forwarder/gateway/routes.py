@@ -49,6 +49,7 @@ __all__ = [
     "add_health_routes",
     "add_submit_route",
     "add_task_routes",
+    "blocking",
     "include_task_router",
     "task_view",
 ]
@@ -110,6 +111,8 @@ class TaskRoutes:
     responses: dict[int | str, dict[str, Any]]
     # The worker's callback rules: a callback_url it would refuse is refused at submit already.
     callback_urls: UrlPolicy = field(default_factory=UrlPolicy)
+    # A task's callback delivery state by task id (None: the GET shows none).
+    callback_view: Callable[[str], Any] | None = None
 
     @cached_property
     def owned_task(self) -> Callable[..., Any]:
@@ -122,7 +125,7 @@ class TaskRoutes:
         Principal = Annotated[str, Depends(self.principal)]
 
         async def owned_task(task_id: TaskId, principal: Principal) -> str:
-            if not is_owner(await _blocking(owners.owner, task_id), principal):
+            if not is_owner(await blocking(owners.owner, task_id), principal):
                 raise HTTPException(status_code=404, detail=UNKNOWN_TASK)
             return task_id
 
@@ -180,7 +183,7 @@ def task_view(task: TaskResult, *, expose_tracebacks: bool = False) -> GetAsyncT
     return GetAsyncTaskV1Response(task_id=task.task_id, status=status)
 
 
-async def _blocking(call: Callable[..., Any], *args: Any) -> Any:
+async def blocking(call: Callable[..., Any], *args: Any) -> Any:
     """``call(*args)`` in a worker thread; a failure of the broker or the store is a 503."""
     try:
         return await anyio.to_thread.run_sync(call, *args)
@@ -241,14 +244,14 @@ def add_submit_route(app: FastAPI, routes: TaskRoutes) -> None:
             )
 
         if idempotency_key is None:
-            return CreateAsyncTaskV1Response(task_id=await _blocking(send, str(uuid.uuid4())))
+            return CreateAsyncTaskV1Response(task_id=await blocking(send, str(uuid.uuid4())))
         # Anonymous callers share the CLI's scope (no principal), so both find the same key.
         key = scoped_key(idempotency_key, "" if principal == ANONYMOUS else principal)
         # What the client sent, as ``forwarder submit`` fingerprints it: either way, one request.
         request_fingerprint = fingerprint(body.model_dump(mode="json", exclude_unset=True))
         retention = gateway.idempotency_retention_seconds
         try:
-            task_id, sent = await _blocking(
+            task_id, sent = await blocking(
                 submit_once,
                 routes.store,
                 key,
@@ -270,11 +273,14 @@ def add_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
     router = routes.task_router()
     OwnedTask = Annotated[str, Depends(routes.owned_task)]
     expose = routes.gateway.expose_tracebacks
-    broker = routes.broker
+    broker, callback_view = routes.broker, routes.callback_view
 
     @router.get("", response_model=GetAsyncTaskV1Response, summary="A task's state and result")
     async def get_async_task(task_id: OwnedTask) -> GetAsyncTaskV1Response:
-        return task_view(await _blocking(broker.get, task_id), expose_tracebacks=expose)
+        view = task_view(await blocking(broker.get, task_id), expose_tracebacks=expose)
+        if callback_view is not None:
+            view.callback = await blocking(callback_view, task_id)
+        return view
 
     @router.post(
         "/cancel",
@@ -282,7 +288,7 @@ def add_task_routes(app: FastAPI, routes: TaskRoutes) -> None:
         summary="Cancel a task: a queued one never runs, a running one is abandoned",
     )
     async def cancel_async_task(task_id: OwnedTask) -> GetAsyncTaskV1Response:
-        return task_view(await _blocking(broker.cancel, task_id), expose_tracebacks=expose)
+        return task_view(await blocking(broker.cancel, task_id), expose_tracebacks=expose)
 
     include_task_router(app, router)
 

@@ -14,7 +14,11 @@ def _build(name: str, settings: Settings) -> Hook:
     if name == "callback":
         from forwarder.hooks.callback import CallbackHook
 
-        return CallbackHook(settings.hooks.callback)
+        if settings.hooks.callback.delivery == "inline":
+            return CallbackHook(settings.hooks.callback)
+        from forwarder.hooks.deliveries.enqueue import Enqueuer
+
+        return CallbackHook(settings.hooks.callback, enqueue=Enqueuer(settings))
     if name == "logging":
         from forwarder.hooks.logging import LoggingHook
         from forwarder.hooks.sinks import build_sink

@@ -5,14 +5,15 @@ The URL is the request's ``callback_url``, else the configured default; it must 
 auth is the request's ``callback_auth`` (HTTP Basic, or a client certificate for mTLS), else the
 configured default, which is only ever sent to the default URL itself, read by the client's own
 parser. Every attempt and the whole delivery have a total deadline, and an attempt is tried again
-on connection errors, timeouts, 429 and 5xx (``forwarder.hooks.delivery``). With a signing
-secret each call is signed the Standard Webhooks way (``forwarder.hooks.signing``).
+on connection errors, timeouts, 408, 429 and 5xx (``forwarder.hooks.delivery``). With a signing
+secret each call is signed the Standard Webhooks way (``forwarder.hooks.signing``), once per
+secret. With ``callback.delivery: queued`` (the default) the hook only hands a delivery job to its
+``enqueue`` and the call is made out of the slot, retried for hours (``forwarder.hooks.deliveries``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -30,9 +31,11 @@ from forwarder.config.hooks import (
     parse_callback_auth,
 )
 from forwarder.config.masking import mask_url
-from forwarder.errors import CallbackError, CallbackRefused, ConfigError
+from forwarder.errors import CallbackRefused, ConfigError
 from forwarder.hooks.base import Hook, TaskOutcome
 from forwarder.hooks.client_certs import ClientCerts
+from forwarder.hooks.deliveries.bodies import callback_body
+from forwarder.hooks.deliveries.jobs import DeliveryJob
 from forwarder.hooks.delivery import CallbackRequest, deliver
 from forwarder.hooks.guarded_http import callback_session
 from forwarder.hooks.signing import signature_headers, signing_key
@@ -61,13 +64,16 @@ class CallbackHook(Hook):
     name = "callback"
 
     def __init__(
-        self, settings: CallbackSettings, *, sleep: Callable[[float], None] = time.sleep
+        self,
+        settings: CallbackSettings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        enqueue: Callable[[DeliveryJob], None] | None = None,
     ) -> None:
         self.settings = settings
         # Decoded now so that a malformed secret stops start-up instead of failing every task.
-        self._signing_key = (
-            signing_key(settings.signing_secret) if settings.signing_secret else None
-        )
+        self._signing_keys = tuple(signing_key(secret) for secret in settings.signing_secrets)
+        self._enqueue = enqueue
         self.policy = UrlPolicy.from_settings(settings)
         if settings.default_url:
             # Checked now so that a default URL no call would be made to stops start-up.
@@ -98,12 +104,10 @@ class CallbackHook(Hook):
             return
         url = checked_url(raw_url, self.policy)
         auth = self._auth(url, fields.get("callback_auth"))
-        try:
-            body = json.dumps(outcome.response_body(), allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise CallbackError(
-                f"the result of task {outcome.task_id} is not JSON: {exc}"
-            ) from None
+        body = callback_body(outcome, self.settings)
+        if self._enqueue is not None:
+            self._enqueue(self._job(outcome, url, body, auth))
+            return
         state = self._process()
         cert_files: AbstractContextManager[tuple[str, str] | None] = (
             state.certs.files(auth) if isinstance(auth, MtlsAuth) else contextlib.nullcontext()
@@ -124,6 +128,22 @@ class CallbackHook(Hook):
             )
             deliver(state.session, request, self.settings, self._sleep)
 
+    def _job(
+        self, outcome: TaskOutcome, url: CheckedUrl, body: bytes, auth: CallbackAuth | None
+    ) -> DeliveryJob:
+        raw_auth = outcome.request_fields.get("callback_auth")
+        return DeliveryJob(
+            task_id=outcome.task_id,
+            url=url.url,
+            body=body.decode(),
+            queue=outcome.queue or "",
+            stored_at=time.time(),
+            auth=raw_auth,
+            # The configured credentials stay in the settings; the job only says they apply.
+            default_auth=raw_auth is None and auth is not None,
+            trace_headers=dict(outcome.trace_headers),
+        )
+
     def _auth(self, url: CheckedUrl, raw_auth: object) -> CallbackAuth | None:
         if raw_auth is not None:
             return parse_callback_auth(raw_auth, "callback_auth")
@@ -137,11 +157,14 @@ class CallbackHook(Hook):
         self, task_id: str, body: bytes, trace_headers: Mapping[str, str]
     ) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **trace_headers}
-        if self._signing_key is not None:
-            headers.update(signature_headers(self._signing_key, task_id, body))
+        if self._signing_keys:
+            headers.update(signature_headers(self._signing_keys, task_id, body))
         return headers
 
     def close(self) -> None:
+        close_queue = getattr(self._enqueue, "close", None)
+        if close_queue is not None:
+            close_queue()
         state = self._state.take()
         if state is not None:
             state.session.close()

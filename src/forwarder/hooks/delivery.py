@@ -1,6 +1,6 @@
 """Delivering one callback: the same request tried until the receiver takes it, or gives up.
 
-Connection errors, timeouts, 429 and 5xx are tried again with jittered exponential backoff (a
+Connection errors, timeouts, 408, 429 and 5xx are tried again with jittered exponential backoff (a
 ``Retry-After`` of whole seconds is honoured, up to the cap), up to ``max_attempts`` in all; any
 other reply is final, and so is a refused URL or address (``CallbackRefused``). Each attempt ends
 within ``timeout_seconds``, connection to last byte, and the whole delivery, waits included, within
@@ -29,7 +29,7 @@ from forwarder.config.hooks import CallbackSettings
 from forwarder.errors import CallbackError
 from forwarder.hooks.guarded_http import attempt_deadline
 
-__all__ = ["CallbackRequest", "deliver", "origin", "retry_delay", "retryable"]
+__all__ = ["Attempt", "CallbackRequest", "attempt", "deliver", "origin", "retry_delay", "retryable"]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def origin(url: str) -> str:
 
 
 def retryable(status: int) -> bool:
-    """Whether a reply with this status is worth another attempt: 429 and 5xx."""
-    return status == 429 or 500 <= status <= 599
+    """Whether a reply with this status is worth another attempt: 408, 429 and 5xx."""
+    return status in (408, 429) or 500 <= status <= 599
 
 
 def retry_delay(attempt: int, base: float, cap: float, retry_after: str | None = None) -> float:
@@ -85,6 +85,17 @@ class CallbackRequest:
 @dataclass(frozen=True)
 class _Failed:
     problem: str
+    retry_after: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one POST came to: delivered, worth another try, or refused for good."""
+
+    delivered: bool
+    status: int | None = None  # the reply's status; None when no reply came
+    problem: str = ""
+    retry: bool = False  # worth another attempt
     retry_after: str | None = None
 
 
@@ -131,6 +142,22 @@ def deliver(
 
 def _attempt(session: requests.Session, request: CallbackRequest, seconds: float) -> _Failed | None:
     """None once delivered; what failed when it is worth another try; raises when it is not."""
+    result = attempt(session, request, seconds)
+    if result.delivered:
+        return None
+    if not result.retry:
+        suffix = " (not retried)" if result.status is not None else ""
+        verb = "refused" if result.status is not None else "failed"
+        raise CallbackError(f"{request.shown} {verb}: {result.problem}{suffix}")
+    return _Failed(result.problem, result.retry_after)
+
+
+def attempt(session: requests.Session, request: CallbackRequest, seconds: float) -> Attempt:
+    """POST ``request`` once, connection to last byte within ``seconds``.
+
+    Never raises for what the receiver or the network did; ``CallbackRefused`` when the URL or
+    an address it resolves to is not allowed (the session's check), as nothing was sent.
+    """
     with attempt_deadline(seconds) as deadline:
         try:
             reply = session.post(
@@ -151,16 +178,15 @@ def _attempt(session: requests.Session, request: CallbackRequest, seconds: float
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
             if deadline.expired:
-                return _Failed(f"no whole reply within {seconds:.3g} s (timeout_seconds)")
-            return _Failed(_describe(exc))
+                problem = f"no whole reply within {seconds:.3g} s (timeout_seconds)"
+                return Attempt(False, problem=problem, retry=True)
+            return Attempt(False, problem=_describe(exc), retry=True)
         except requests.RequestException as exc:
-            raise CallbackError(f"{request.shown} failed: {_describe(exc)}") from None
+            return Attempt(False, problem=_describe(exc))
     status = reply.status_code
     if 200 <= status < 300:
         log.debug("%s: HTTP %d", request.shown, status)
-        return None
+        return Attempt(True, status)
     problem = f"HTTP {status} {excerpt.decode(errors='replace')!r}"
-    if not retryable(status):
-        raise CallbackError(f"{request.shown} refused: {problem} (not retried)")
     retry_after = reply.headers.get("Retry-After") if status in (429, 503) else None
-    return _Failed(problem, retry_after)
+    return Attempt(False, status, problem, retryable(status), retry_after)

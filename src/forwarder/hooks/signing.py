@@ -2,6 +2,8 @@
 
 The id stays the same across the attempts of one task, so that a receiver can drop duplicates;
 the timestamp is that of each attempt, so that a receiver's replay window holds for late tries.
+With several keys (a rotation) the signature header carries one ``v1,`` signature per key,
+space-separated, as Standard Webhooks allows: a receiver that knows either key accepts the call.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 
 from forwarder.errors import ConfigError
 
@@ -42,12 +45,13 @@ def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def signature_headers(key: bytes, task_id: str, body: bytes) -> dict[str, str]:
+def signature_headers(keys: bytes | Sequence[bytes], task_id: str, body: bytes) -> dict[str, str]:
     """The three headers of one attempt to deliver ``task_id``'s ``body``, signed now."""
     message_id = f"msg_{task_id}"
     timestamp = int(time.time())
+    every = [keys] if isinstance(keys, bytes) else list(keys)
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(key, message_id, timestamp, body),
+        "webhook-signature": " ".join(sign(key, message_id, timestamp, body) for key in every),
     }

@@ -59,6 +59,12 @@ class Recorder:
     def aws_client_built(self, client: str, ok: bool) -> None:
         pass
 
+    def callback_delivery(self, queue: str, outcome: str, lag_seconds: float | None) -> None:
+        pass
+
+    def callbacks_pending(self, queue: str, delta: int) -> None:
+        pass
+
 
 _recorder = Recorder()
 
@@ -128,6 +134,23 @@ class PrometheusRecorder(Recorder):
         self.aws_build_failures = Counter(
             "forwarder_aws_client_build_failures", "AWS client builds that failed.", ["client"]
         )
+        self.deliveries = Counter(
+            "forwarder_callback_deliveries",
+            "Callback delivery attempts by outcome: delivered, failed (final), retried.",
+            ["queue", "outcome"],
+        )
+        self.delivery_lag = Histogram(
+            "forwarder_callback_delivery_lag_seconds",
+            "From the result stored to its callback delivered (or failed for good).",
+            ["queue", "outcome"],
+            buckets=(*LATENCY_BUCKETS, 14400, 86400),
+        )
+        self.pending = Gauge(
+            "forwarder_callbacks_pending",
+            "Callbacks waiting for a retry in the deliverers.",
+            ["queue"],
+            multiprocess_mode="livesum",
+        )
 
     def task_received(self, queue: str, wait_seconds: float | None, stuck: bool) -> None:
         self.received.labels(queue).inc()
@@ -159,6 +182,14 @@ class PrometheusRecorder(Recorder):
 
     def aws_client_built(self, client: str, ok: bool) -> None:
         (self.aws_builds if ok else self.aws_build_failures).labels(client).inc()
+
+    def callback_delivery(self, queue: str, outcome: str, lag_seconds: float | None) -> None:
+        self.deliveries.labels(queue, outcome).inc()
+        if lag_seconds is not None:
+            self.delivery_lag.labels(queue, outcome).observe(max(lag_seconds, 0.0))
+
+    def callbacks_pending(self, queue: str, delta: int) -> None:
+        self.pending.labels(queue).inc(delta)
 
 
 def _pid_of(path: str) -> str:

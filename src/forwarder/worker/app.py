@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -131,8 +132,34 @@ def _close_hooks_on_exit(hooks: HookRunner, pool: str) -> None:
     exit_signal.connect(close, weak=False)
 
 
-def run_worker(settings: Settings) -> int:
-    """Wait for the model server, then consume until a shutdown signal. Returns the exit code."""
+def _start_deliverer(settings: Settings, argv: Sequence[str]) -> None:
+    """The deliverer beside the worker, when callbacks are queued and it has slots."""
+    callback = settings.hooks.callback
+    if "callback" not in settings.hooks.names or callback.delivery != "queued":
+        return
+    if not callback.delivery_slots:
+        log.info("callback.delivery_slots is 0: run forwarder deliver to deliver callbacks")
+        return
+    from forwarder.hooks.deliveries.deliverer import start_deliverer_child
+
+    child = start_deliverer_child(argv)
+
+    def stop(**_: Any) -> None:
+        # Its warm shutdown: attempts in flight finish, jobs waiting for a retry go back.
+        child.terminate()
+        try:
+            child.wait(timeout=max(30.0, 2 * callback.timeout_seconds))
+        except Exception:
+            child.kill()
+
+    signals.worker_shutdown.connect(stop, weak=False)
+
+
+def run_worker(settings: Settings, deliverer_argv: Sequence[str] = ()) -> int:
+    """Wait for the model server, then consume until a shutdown signal. Returns the exit code.
+
+    ``deliverer_argv``: the settings arguments of the deliverer the worker starts beside itself.
+    """
     worker = settings.worker
     if worker.pool == "gevent":
         check_gevent_patched()
@@ -169,6 +196,7 @@ def run_worker(settings: Settings) -> int:
     app = create_worker_app(settings, forwarder, hooks)
     if hooks:
         _close_hooks_on_exit(hooks, worker.pool)
+    _start_deliverer(settings, deliverer_argv)
     options: dict[str, Any] = {
         "pool": worker.pool,
         "concurrency": worker.concurrency,

@@ -56,3 +56,10 @@ class FilesystemBackend(ForwarderBackendMixin, CeleryFilesystemBackend):  # type
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def keys_with_prefix(self, prefix: str) -> Iterator[str]:
+        """Every stored key starting with ``prefix``: one file each in the results folder."""
+        # Celery keeps the folder as bytes.
+        for name in sorted(map(os.fsdecode, os.listdir(self.path))):
+            if name.startswith(prefix):
+                yield name

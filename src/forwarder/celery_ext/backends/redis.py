@@ -12,6 +12,7 @@ STARTED state are one script too. The scripts are in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -107,6 +108,11 @@ class RedisBackend(ForwarderBackendMixin, CeleryRedisBackend):  # type: ignore[m
             return False
         self.ensure(self._run, ("store", [key], [value, self._expiry]))
         return True
+
+    def keys_with_prefix(self, prefix: str) -> Iterator[str]:
+        """Every stored key starting with ``prefix`` (SCAN: it never blocks Redis)."""
+        for key in self.client.scan_iter(match=f"{prefix}*", count=500):
+            yield key.decode() if isinstance(key, bytes) else key
 
     @property
     def _expiry(self) -> int:

@@ -22,6 +22,7 @@ STARTED and a cancel's CANCELED are conditional puts (``If-Match`` the ETag read
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from celery.backends.base import KeyValueStoreBackend
@@ -119,6 +120,15 @@ class S3Backend(ForwarderBackendMixin, KeyValueStoreBackend):  # type: ignore[mi
             **options,
             **condition,
         )
+
+    def keys_with_prefix(self, prefix: str) -> Iterator[str]:
+        """Every stored key starting with ``prefix`` (``s3:ListBucket``), page by page."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.location.bucket, Prefix=self.location.prefix + prefix
+        )
+        for page in pages:
+            for item in page.get("Contents", ()):
+                yield item["Key"][len(self.location.prefix) :]
 
     def delete(self, key: str | bytes) -> None:
         self.client.delete_object(Bucket=self.location.bucket, Key=self._object_key(key))

@@ -1,0 +1,107 @@
+"""One attempt of a delivery job: the job's request built, signed, and POSTed once.
+
+The HTTP attempt is ``forwarder.hooks.delivery.attempt`` through a
+``forwarder.hooks.guarded_http.callback_session``, and the signature ``forwarder.hooks.signing``,
+as the inline callback uses them: the job's URL passes the same ``UrlPolicy`` again when it is
+sent, and every address it connects to is checked. The waiting between attempts is the broker's
+(``forwarder.hooks.deliveries.runner``), never a sleep in a slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import requests
+from requests.auth import HTTPBasicAuth
+
+from forwarder.config.hooks import (
+    BasicAuth,
+    CallbackAuth,
+    CallbackSettings,
+    MtlsAuth,
+    parse_callback_auth,
+)
+from forwarder.errors import CallbackRefused
+from forwarder.hooks.client_certs import ClientCerts
+from forwarder.hooks.deliveries.jobs import DeliveryJob
+from forwarder.hooks.delivery import Attempt, CallbackRequest, attempt
+from forwarder.hooks.guarded_http import callback_session
+from forwarder.hooks.signing import signature_headers, signing_key
+from forwarder.hooks.url_policy import CheckedUrl, UrlPolicy
+from forwarder.process_local import ProcessLocal
+
+__all__ = ["Sender"]
+
+
+@dataclass
+class _ProcessState:
+    session: requests.Session
+    certs: ClientCerts = field(default_factory=ClientCerts)
+
+
+class Sender:
+    """Sends one attempt of a job, with its auth and one signature per configured secret."""
+
+    def __init__(self, settings: CallbackSettings) -> None:
+        self.settings = settings
+        # Decoded now so that a malformed secret stops start-up instead of failing every job.
+        self._keys = tuple(signing_key(secret) for secret in settings.signing_secrets)
+        self.policy = UrlPolicy.from_settings(settings)
+        self._state = ProcessLocal(lambda: _ProcessState(callback_session(self.policy)))
+
+    def send(self, job: DeliveryJob) -> Attempt:
+        try:
+            url = self.policy.check(job.url)
+        except CallbackRefused as exc:
+            return Attempt(False, problem=str(exc))
+        auth = self._auth(job, url)
+        body = job.body.encode()
+        state = self._state.get()
+        cert_files: AbstractContextManager[tuple[str, str] | None] = (
+            state.certs.files(auth) if isinstance(auth, MtlsAuth) else contextlib.nullcontext()
+        )
+        basic = (
+            HTTPBasicAuth(auth.username.encode(), auth.password.encode())
+            if isinstance(auth, BasicAuth)
+            else None
+        )
+        with cert_files as cert:
+            request = CallbackRequest(
+                task_id=job.task_id,
+                url=url.url,
+                body=body,
+                headers=lambda: self._headers(job.task_id, body, job.trace_headers),
+                auth=basic,
+                cert=cert,
+            )
+            try:
+                return attempt(state.session, request, self.settings.timeout_seconds)
+            except CallbackRefused as exc:  # an address the host resolved to is not allowed
+                return Attempt(False, problem=str(exc))
+
+    def _auth(self, job: DeliveryJob, url: CheckedUrl) -> CallbackAuth | None:
+        if job.auth is not None:
+            return parse_callback_auth(job.auth, "callback_auth")
+        # Decided again here: a job on the queue, whoever put it there, gets the configured
+        # credentials only for the default URL itself.
+        default_url = self.settings.default_url
+        if job.default_auth and default_url and self.policy.same_url(url, default_url):
+            return self.settings.default_auth
+        return None
+
+    def _headers(
+        self, task_id: str, body: bytes, trace_headers: Mapping[str, str]
+    ) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **trace_headers}
+        if self._keys:
+            headers.update(signature_headers(self._keys, task_id, body))
+        return headers
+
+    def close(self) -> None:
+        state = self._state.take()
+        if state is not None:
+            state.session.close()
+            state.certs.close()
