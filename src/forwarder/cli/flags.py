@@ -26,8 +26,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
     for setting in flags_for(command):
         variables = f" (env {', '.join(setting.env)})" if setting.env else ""
         # A yes/no setting's flag alone means true; ``--flag false`` still says no.
-        const = setting.const or ("true" if setting.parse is boolean else None)
-        given_alone: dict[str, Any] = {"nargs": "?", "const": const} if const else {}
+        given_alone: dict[str, Any] = (
+            {"nargs": "?", "const": "true"} if setting.parse is boolean else {}
+        )
         parser.add_argument(
             setting.flag,
             *setting.aliases,

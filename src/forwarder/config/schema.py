@@ -11,8 +11,7 @@ the settings read (``environment_variables``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from forwarder.config.hooks import (
     shown_secrets,
 )
 from forwarder.config.masking import MASK, mask_url
+from forwarder.config.setting import COMMAND_FAMILIES, NOT_SHOWN, Section, Setting
 from forwarder.errors import ConfigError
 from forwarder.worker import gevent_switch as pool_switch
 
@@ -61,66 +61,8 @@ __all__ = [
     "top_level_keys",
 ]
 
-# The command line's families of settings commands; each takes the flags that name it.
-COMMAND_FAMILIES = ("worker", "gateway", "tasks", "dead-letter", "callbacks")
 _EVERY = COMMAND_FAMILIES
 _WORKER = ("worker",)
-NOT_SHOWN = "(not shown)"
-
-
-@dataclass(frozen=True)
-class Section:
-    """A mapping of the file and the part of ``Settings`` it fills.
-
-    ``key`` is its dotted place in the file ("" for top-level keys), ``fills`` the attribute path
-    in ``Settings`` ("" for ``Settings`` itself). With ``null_is_unset``, a key written as null
-    keeps its default; otherwise null is a value, for its parser to take or refuse.
-    """
-
-    key: str
-    fills: str
-    null_is_unset: bool = False
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: where it is read from, how it is parsed and shown, and what it fills.
-
-    ``env`` lists the variables that give it, the first one set winning; ``flag`` (with
-    ``aliases``) is taken by the command families in ``commands``; a ``secret`` is never shown,
-    not in check-config's document and not in an error.
-    """
-
-    section: Section
-    name: str
-    parse: Callable[[object], Any]
-    env: tuple[str, ...] = ()
-    flag: str = ""  # "": none
-    help: str = ""
-    commands: tuple[str, ...] = ()
-    aliases: tuple[str, ...] = ()
-    metavar: str | None = None
-    # The value of the flag given alone (``--events``); None: the flag needs a value.
-    const: str | None = None
-    secret: bool = False
-    # How check-config prints the value, when not as it is (a URL with its password masked).
-    show: Callable[[Any], object] | None = None
-    field: str | None = None  # the dataclass field, when not ``name``
-
-    @property
-    def file_key(self) -> str:
-        return f"{self.section.key}.{self.name}" if self.section.key else self.name
-
-    @property
-    def fills(self) -> str:
-        """The dotted attribute path of the value in ``Settings``: ``worker.queue``."""
-        return ".".join(part for part in (self.section.fills, self.field or self.name) if part)
-
-    @property
-    def dest(self) -> str:
-        """The attribute argparse stores the flag's value under."""
-        return self.flag[2:].replace("-", "_")
-
 
 MODEL = Section("forwarder.async", "model")
 WORKER = Section("worker", "worker")
@@ -187,7 +129,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="VISIBILITY_1M, VISIBILITY_10M, VISIBILITY_1H or VISIBILITY_24H", commands=_WORKER),
     Setting(WORKER, "events", p.boolean, env=("FORWARDER_EVENTS",), flag="--events",
         help="send Celery's task events, for Flower and celery events (off by default)",
-        commands=_WORKER, metavar="true|false", const="true"),
+        commands=_WORKER, metavar="true|false"),
     Setting(WORKER, "hostname", p.optional(p.node_name), env=("FORWARDER_HOSTNAME",),
         flag="--hostname", aliases=("-n",),
         help="the worker's node name, as Celery's -n (default celery@HOST; %%h: the host)",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from forwarder import __version__
@@ -104,6 +105,34 @@ def _owners_of(client: TaskBroker, owners: TaskOwners | None) -> TaskOwners:
     return BackendOwners(client.app.backend)
 
 
+def _new_app(
+    gateway: GatewaySettings, broker: TaskBroker, store: IdempotencyStore, queue: str
+) -> FastAPI:
+    """The FastAPI app with its docs where ``docs_access`` allows, closing what it holds at exit."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = getattr(app.state, "listen_url", None)
+        log.info("gateway listening on %s (queue %s)", url or "(ASGI)", queue)
+        try:
+            yield
+        finally:
+            broker.close()
+            store.close()
+
+    docs = gateway.docs_access != "disabled"
+    app = FastAPI(
+        title="inference-forwarder gateway",
+        version=__version__,
+        description="Submit, watch and cancel async inference tasks (model-engine compatible).",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    return app
+
+
 def create_app(
     settings: Settings,
     client: TaskBroker | None = None,
@@ -130,26 +159,7 @@ def create_app(
     gateway = settings.gateway
     queue = settings.worker.queue
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = getattr(app.state, "listen_url", None)
-        log.info("gateway listening on %s (queue %s)", url or "(ASGI)", queue)
-        try:
-            yield
-        finally:
-            broker.close()
-            store.close()
-
-    docs = gateway.docs_access != "disabled"
-    app = FastAPI(
-        title="inference-forwarder gateway",
-        version=__version__,
-        description="Submit, watch and cancel async inference tasks (model-engine compatible).",
-        lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
-    )
+    app = _new_app(gateway, broker, store, queue)
     responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "description": text} for code, text in _ERRORS
     }
@@ -160,24 +170,32 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
 
-    principal = principal_dependency(bool(gateway.auth_tokens))
-    callback_urls = UrlPolicy.from_settings(settings.hooks.callback)
-    deliveries = None
-    if isinstance(client, ForwarderClient):
-        from forwarder.gateway.callbacks import CallbackDeliveries
-
-        deliveries = CallbackDeliveries(settings, client.app)
     routes = TaskRoutes(
         broker,
         store,
         task_owners,
         gateway,
         queue,
-        principal,
+        principal_dependency(bool(gateway.auth_tokens)),
         responses,
-        callback_urls,
-        callback_view=deliveries.view if deliveries is not None else None,
+        UrlPolicy.from_settings(settings.hooks.callback),
     )
+    _add_task_routes(app, routes, settings, client)
+    add_health_routes(app, broker_check)
+    _add_edges(app, gateway)
+    return app
+
+
+def _add_task_routes(
+    app: FastAPI, routes: TaskRoutes, settings: Settings, client: TaskBroker
+) -> None:
+    """Submit, GET and cancel; with a ``ForwarderClient``, events and callback redelivery too."""
+    deliveries = None
+    if isinstance(client, ForwarderClient):
+        from forwarder.gateway.callbacks import CallbackDeliveries
+
+        deliveries = CallbackDeliveries(settings, client.app)
+        routes = replace(routes, callback_view=deliveries.view)
     add_submit_route(app, routes)
     add_task_routes(app, routes)
     if isinstance(client, ForwarderClient):
@@ -186,9 +204,6 @@ def create_app(
         from forwarder.gateway.callbacks import add_redeliver_route
 
         add_redeliver_route(app, routes, deliveries)
-    add_health_routes(app, broker_check)
-    _add_edges(app, gateway)
-    return app
 
 
 def _add_edges(app: FastAPI, gateway: GatewaySettings) -> None:

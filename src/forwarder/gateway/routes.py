@@ -245,27 +245,39 @@ def add_submit_route(app: FastAPI, routes: TaskRoutes) -> None:
 
         if idempotency_key is None:
             return CreateAsyncTaskV1Response(task_id=await blocking(send, str(uuid.uuid4())))
-        # Anonymous callers share the CLI's scope (no principal), so both find the same key.
-        key = scoped_key(idempotency_key, "" if principal == ANONYMOUS else principal)
-        # What the client sent, as ``forwarder submit`` fingerprints it: either way, one request.
-        request_fingerprint = fingerprint(body.model_dump(mode="json", exclude_unset=True))
-        retention = gateway.idempotency_retention_seconds
-        try:
-            task_id, sent = await blocking(
-                submit_once,
-                routes.store,
-                key,
-                request_fingerprint,
-                retention,
-                send,
-                gateway.idempotency_lease_seconds,
-            )
-        except IdempotencyKeyReused as exc:
-            detail = [{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "reused"}]
-            raise HTTPException(status_code=422, detail=detail) from None
+        task_id, sent = await _submit_once(routes, body, idempotency_key, principal, send)
         if not sent:
             response.headers["Idempotent-Replayed"] = "true"
         return CreateAsyncTaskV1Response(task_id=task_id)
+
+
+async def _submit_once(
+    routes: TaskRoutes,
+    body: SubmitAsyncTaskRequest,
+    idempotency_key: str,
+    principal: str,
+    send: Callable[[str], str],
+) -> tuple[str, bool]:
+    """The task id for ``idempotency_key``, and whether this request sent it (422 on reuse)."""
+    gateway = routes.gateway
+    # Anonymous callers share the CLI's scope (no principal), so both find the same key.
+    key = scoped_key(idempotency_key, "" if principal == ANONYMOUS else principal)
+    # What the client sent, as ``forwarder submit`` fingerprints it: either way, one request.
+    request_fingerprint = fingerprint(body.model_dump(mode="json", exclude_unset=True))
+    try:
+        sent: tuple[str, bool] = await blocking(
+            submit_once,
+            routes.store,
+            key,
+            request_fingerprint,
+            gateway.idempotency_retention_seconds,
+            send,
+            gateway.idempotency_lease_seconds,
+        )
+    except IdempotencyKeyReused as exc:
+        detail = [{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "reused"}]
+        raise HTTPException(status_code=422, detail=detail) from None
+    return sent
 
 
 def add_task_routes(app: FastAPI, routes: TaskRoutes) -> None:

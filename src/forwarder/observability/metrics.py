@@ -75,6 +75,11 @@ def recorder() -> Recorder:
 
 class PrometheusRecorder(Recorder):
     def __init__(self) -> None:
+        self._task_metrics()
+        self._hook_metrics()
+        self._callback_metrics()
+
+    def _task_metrics(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
         self.received = Counter(
@@ -113,6 +118,10 @@ class PrometheusRecorder(Recorder):
             ["queue"],
             multiprocess_mode="livesum",
         )
+
+    def _hook_metrics(self) -> None:
+        from prometheus_client import Counter, Histogram
+
         self.hook_attempts = Counter("forwarder_hook_attempts", "Hook runs.", ["hook"])
         self.hook_successes = Counter(
             "forwarder_hook_successes", "Hook runs that succeeded.", ["hook"]
@@ -134,6 +143,10 @@ class PrometheusRecorder(Recorder):
         self.aws_build_failures = Counter(
             "forwarder_aws_client_build_failures", "AWS client builds that failed.", ["client"]
         )
+
+    def _callback_metrics(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
         self.deliveries = Counter(
             "forwarder_callback_deliveries",
             "Callback delivery attempts by outcome: delivered, failed (final), retried.",

@@ -18,7 +18,7 @@ from celery import Celery, Task, signals
 
 from forwarder.celery_ext.brokers import broker_config, celery_app
 from forwarder.config.masking import mask_url
-from forwarder.config.settings import Settings
+from forwarder.config.settings import Settings, WorkerSettings
 from forwarder.errors import ConfigError, ForwarderError
 from forwarder.events import event_log_for
 from forwarder.hooks import HookRunner, build_hooks
@@ -155,14 +155,9 @@ def _start_deliverer(settings: Settings, argv: Sequence[str]) -> None:
     signals.worker_shutdown.connect(stop, weak=False)
 
 
-def run_worker(settings: Settings, deliverer_argv: Sequence[str] = ()) -> int:
-    """Wait for the model server, then consume until a shutdown signal. Returns the exit code.
-
-    ``deliverer_argv``: the settings arguments of the deliverer the worker starts beside itself.
-    """
+def _announce(settings: Settings) -> None:
+    """The start-up line; a WARNING too when the embedded broker is the one consumed."""
     worker = settings.worker
-    if worker.pool == "gevent":
-        check_gevent_patched()
     config = broker_config(worker)
     log.info(
         "forwarder worker: pool=%s concurrency=%d queue=%s broker=%s results=%s model=%s",
@@ -181,22 +176,10 @@ def run_worker(settings: Settings, deliverer_argv: Sequence[str] = ()) -> int:
             "no broker server is consumed (--broker-url, --broker-type or --sqs-url name one)",
             worker.data_dir.expanduser().resolve(),
         )
-    if worker.tracing == "otel" and not enable_spans():
-        raise ConfigError(
-            "tracing", "otel", "OpenTelemetry installed: pip install opentelemetry-sdk"
-        )
-    if worker.metrics_port is not None:
-        # Before the pool forks, and before anything imports prometheus_client.
-        enable_metrics(
-            worker.metrics_port, worker.metrics_host, multiprocess=worker.pool == "prefork"
-        )
-    forwarder = build_forwarder(settings)
-    hooks = build_hooks(settings)
-    forwarder.wait_until_ready(worker.readiness_timeout_seconds)
-    app = create_worker_app(settings, forwarder, hooks)
-    if hooks:
-        _close_hooks_on_exit(hooks, worker.pool)
-    _start_deliverer(settings, deliverer_argv)
+
+
+def _worker_options(worker: WorkerSettings) -> dict[str, Any]:
+    """Celery's worker options for these settings."""
     options: dict[str, Any] = {
         "pool": worker.pool,
         "concurrency": worker.concurrency,
@@ -223,6 +206,34 @@ def run_worker(settings: Settings, deliverer_argv: Sequence[str] = ()) -> int:
         options["pool"] = PreforkPool
         if worker.max_tasks_per_child:
             options["max_tasks_per_child"] = worker.max_tasks_per_child
-    celery_worker = app.Worker(**options)
+    return options
+
+
+def run_worker(settings: Settings, deliverer_argv: Sequence[str] = ()) -> int:
+    """Wait for the model server, then consume until a shutdown signal. Returns the exit code.
+
+    ``deliverer_argv``: the settings arguments of the deliverer the worker starts beside itself.
+    """
+    worker = settings.worker
+    if worker.pool == "gevent":
+        check_gevent_patched()
+    _announce(settings)
+    if worker.tracing == "otel" and not enable_spans():
+        raise ConfigError(
+            "tracing", "otel", "OpenTelemetry installed: pip install opentelemetry-sdk"
+        )
+    if worker.metrics_port is not None:
+        # Before the pool forks, and before anything imports prometheus_client.
+        enable_metrics(
+            worker.metrics_port, worker.metrics_host, multiprocess=worker.pool == "prefork"
+        )
+    forwarder = build_forwarder(settings)
+    hooks = build_hooks(settings)
+    forwarder.wait_until_ready(worker.readiness_timeout_seconds)
+    app = create_worker_app(settings, forwarder, hooks)
+    if hooks:
+        _close_hooks_on_exit(hooks, worker.pool)
+    _start_deliverer(settings, deliverer_argv)
+    celery_worker = app.Worker(**_worker_options(worker))
     celery_worker.start()
     return int(celery_worker.exitcode or 0)
