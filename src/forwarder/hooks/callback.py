@@ -13,21 +13,17 @@ secret. With ``callback.delivery: queued`` (the default) the hook only hands a d
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 
 import requests
-from requests.auth import HTTPBasicAuth
 
 from forwarder.config.hooks import (
-    BasicAuth,
     CallbackAuth,
     CallbackSettings,
-    MtlsAuth,
     parse_callback_auth,
 )
 from forwarder.config.masking import mask_url
@@ -36,7 +32,7 @@ from forwarder.hooks.base import Hook, TaskOutcome
 from forwarder.hooks.client_certs import ClientCerts
 from forwarder.hooks.deliveries.bodies import callback_body
 from forwarder.hooks.deliveries.jobs import DeliveryJob
-from forwarder.hooks.delivery import CallbackRequest, deliver
+from forwarder.hooks.delivery import callback_request, deliver
 from forwarder.hooks.guarded_http import callback_session
 from forwarder.hooks.signing import signature_headers, signing_key
 from forwarder.hooks.url_policy import CheckedUrl, UrlPolicy
@@ -109,23 +105,10 @@ class CallbackHook(Hook):
             self._enqueue(self._job(outcome, url, body, auth))
             return
         state = self._process()
-        cert_files: AbstractContextManager[tuple[str, str] | None] = (
-            state.certs.files(auth) if isinstance(auth, MtlsAuth) else contextlib.nullcontext()
-        )
-        basic = (
-            HTTPBasicAuth(auth.username.encode(), auth.password.encode())
-            if isinstance(auth, BasicAuth)
-            else None
-        )
-        with cert_files as cert:
-            request = CallbackRequest(
-                task_id=outcome.task_id,
-                url=url.url,
-                body=body,
-                headers=lambda: self._headers(outcome.task_id, body, outcome.trace_headers),
-                auth=basic,
-                cert=cert,
-            )
+        headers = partial(self._headers, outcome.task_id, body, outcome.trace_headers)
+        with callback_request(
+            outcome.task_id, url.url, body, headers, auth, state.certs
+        ) as request:
             deliver(state.session, request, self.settings, self._sleep)
 
     def _job(

@@ -14,22 +14,35 @@ is the receiver's choice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.auth import HTTPBasicAuth
 
 from forwarder.backoff import backoff
-from forwarder.config.hooks import CallbackSettings
+from forwarder.config.hooks import BasicAuth, CallbackAuth, CallbackSettings, MtlsAuth
 from forwarder.errors import CallbackError
+from forwarder.hooks.client_certs import ClientCerts
 from forwarder.hooks.guarded_http import attempt_deadline
 
-__all__ = ["Attempt", "CallbackRequest", "attempt", "deliver", "origin", "retry_delay", "retryable"]
+__all__ = [
+    "Attempt",
+    "CallbackRequest",
+    "attempt",
+    "callback_request",
+    "deliver",
+    "origin",
+    "retry_delay",
+    "retryable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +93,29 @@ class CallbackRequest:
     @property
     def shown(self) -> str:
         return f"callback for task {self.task_id} to {origin(self.url)}"
+
+
+@contextlib.contextmanager
+def callback_request(
+    task_id: str,
+    url: str,
+    body: bytes,
+    headers: Callable[[], dict[str, str]],
+    auth: CallbackAuth | None,
+    certs: ClientCerts,
+) -> Iterator[CallbackRequest]:
+    """The request, with ``auth`` as requests takes it: HTTP Basic, or a client certificate's
+    files, kept while the block runs."""
+    cert_files: AbstractContextManager[tuple[str, str] | None] = (
+        certs.files(auth) if isinstance(auth, MtlsAuth) else contextlib.nullcontext()
+    )
+    basic = (
+        HTTPBasicAuth(auth.username.encode(), auth.password.encode())
+        if isinstance(auth, BasicAuth)
+        else None
+    )
+    with cert_files as cert:
+        yield CallbackRequest(task_id, url, body, headers, auth=basic, cert=cert)
 
 
 @dataclass(frozen=True)

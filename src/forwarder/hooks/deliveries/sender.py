@@ -9,25 +9,21 @@ sent, and every address it connects to is checked. The waiting between attempts 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 
 import requests
-from requests.auth import HTTPBasicAuth
 
 from forwarder.config.hooks import (
-    BasicAuth,
     CallbackAuth,
     CallbackSettings,
-    MtlsAuth,
     parse_callback_auth,
 )
 from forwarder.errors import CallbackRefused
 from forwarder.hooks.client_certs import ClientCerts
 from forwarder.hooks.deliveries.jobs import DeliveryJob
-from forwarder.hooks.delivery import Attempt, CallbackRequest, attempt
+from forwarder.hooks.delivery import Attempt, attempt, callback_request
 from forwarder.hooks.guarded_http import callback_session
 from forwarder.hooks.signing import signature_headers, signing_key
 from forwarder.hooks.url_policy import CheckedUrl, UrlPolicy
@@ -60,23 +56,8 @@ class Sender:
         auth = self._auth(job, url)
         body = job.body.encode()
         state = self._state.get()
-        cert_files: AbstractContextManager[tuple[str, str] | None] = (
-            state.certs.files(auth) if isinstance(auth, MtlsAuth) else contextlib.nullcontext()
-        )
-        basic = (
-            HTTPBasicAuth(auth.username.encode(), auth.password.encode())
-            if isinstance(auth, BasicAuth)
-            else None
-        )
-        with cert_files as cert:
-            request = CallbackRequest(
-                task_id=job.task_id,
-                url=url.url,
-                body=body,
-                headers=lambda: self._headers(job.task_id, body, job.trace_headers),
-                auth=basic,
-                cert=cert,
-            )
+        headers = partial(self._headers, job.task_id, body, job.trace_headers)
+        with callback_request(job.task_id, url.url, body, headers, auth, state.certs) as request:
             try:
                 return attempt(state.session, request, self.settings.timeout_seconds)
             except CallbackRefused as exc:  # an address the host resolved to is not allowed
