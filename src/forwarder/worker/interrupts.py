@@ -157,7 +157,11 @@ class GreenletInterrupter:
         deadline = None if timeout is None else time.monotonic() + timeout
         call = Call(task_id, self._gevent.getcurrent(), deadline)
         if timeout is not None:
-            call.timer = self._gevent.get_hub().loop.timer(timeout, 0)
+            loop = self._gevent.get_hub().loop
+            # The loop's clock stands where it last iterated: a greenlet that ran a while since
+            # (a first call's imports, a slow store) would get a timer short by that much.
+            loop.update_now()
+            call.timer = loop.timer(timeout, 0)
             call.timer.start(self._throw, call, TaskDeadlineExceeded)
         return call
 
