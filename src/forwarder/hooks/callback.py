@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -34,7 +34,7 @@ from forwarder.hooks.deliveries.bodies import callback_body
 from forwarder.hooks.deliveries.jobs import DeliveryJob
 from forwarder.hooks.delivery import callback_request, deliver
 from forwarder.hooks.guarded_http import callback_session
-from forwarder.hooks.signing import signature_headers, signing_key
+from forwarder.hooks.signing import callback_headers, signing_key
 from forwarder.hooks.url_policy import CheckedUrl, UrlPolicy
 from forwarder.process_local import ProcessLocal
 
@@ -105,7 +105,9 @@ class CallbackHook(Hook):
             self._enqueue(self._job(outcome, url, body, auth))
             return
         state = self._process()
-        headers = partial(self._headers, outcome.task_id, body, outcome.trace_headers)
+        headers = partial(
+            callback_headers, self._signing_keys, outcome.task_id, body, outcome.trace_headers
+        )
         with callback_request(
             outcome.task_id, url.url, body, headers, auth, state.certs
         ) as request:
@@ -135,14 +137,6 @@ class CallbackHook(Hook):
         # The configured credentials are for the configured receiver: a request naming another
         # URL, even another path of the same host, must not be able to collect them.
         return None
-
-    def _headers(
-        self, task_id: str, body: bytes, trace_headers: Mapping[str, str]
-    ) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **trace_headers}
-        if self._signing_keys:
-            headers.update(signature_headers(self._signing_keys, task_id, body))
-        return headers
 
     def close(self) -> None:
         close_queue = getattr(self._enqueue, "close", None)

@@ -13,11 +13,11 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from forwarder.errors import ConfigError
 
-__all__ = ["SECRET_PREFIX", "sign", "signature_headers", "signing_key"]
+__all__ = ["SECRET_PREFIX", "callback_headers", "sign", "signature_headers", "signing_key"]
 
 SECRET_PREFIX = "whsec_"
 
@@ -55,3 +55,13 @@ def signature_headers(keys: bytes | Sequence[bytes], task_id: str, body: bytes) 
         "webhook-timestamp": str(timestamp),
         "webhook-signature": " ".join(sign(key, message_id, timestamp, body) for key in every),
     }
+
+
+def callback_headers(
+    keys: Sequence[bytes], task_id: str, body: bytes, trace_headers: Mapping[str, str]
+) -> dict[str, str]:
+    """A callback's headers: JSON, the trace context, and one signature per key (none without)."""
+    headers = {"Content-Type": "application/json", **trace_headers}
+    if keys:
+        headers.update(signature_headers(keys, task_id, body))
+    return headers

@@ -9,7 +9,6 @@ sent, and every address it connects to is checked. The waiting between attempts 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -25,7 +24,7 @@ from forwarder.hooks.client_certs import ClientCerts
 from forwarder.hooks.deliveries.jobs import DeliveryJob
 from forwarder.hooks.delivery import Attempt, attempt, callback_request
 from forwarder.hooks.guarded_http import callback_session
-from forwarder.hooks.signing import signature_headers, signing_key
+from forwarder.hooks.signing import callback_headers, signing_key
 from forwarder.hooks.url_policy import CheckedUrl, UrlPolicy
 from forwarder.process_local import ProcessLocal
 
@@ -56,7 +55,7 @@ class Sender:
         auth = self._auth(job, url)
         body = job.body.encode()
         state = self._state.get()
-        headers = partial(self._headers, job.task_id, body, job.trace_headers)
+        headers = partial(callback_headers, self._keys, job.task_id, body, job.trace_headers)
         with callback_request(job.task_id, url.url, body, headers, auth, state.certs) as request:
             try:
                 return attempt(state.session, request, self.settings.timeout_seconds)
@@ -72,14 +71,6 @@ class Sender:
         if job.default_auth and default_url and self.policy.same_url(url, default_url):
             return self.settings.default_auth
         return None
-
-    def _headers(
-        self, task_id: str, body: bytes, trace_headers: Mapping[str, str]
-    ) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **trace_headers}
-        if self._keys:
-            headers.update(signature_headers(self._keys, task_id, body))
-        return headers
 
     def close(self) -> None:
         state = self._state.take()
