@@ -64,7 +64,7 @@ def new_record(
     )
 
 
-def parsenew_record(raw: bytes | str) -> ClaimRecord | None:
+def parsed_record(raw: bytes | str) -> ClaimRecord | None:
     try:
         record = json.loads(raw)
         return ClaimRecord(
@@ -104,7 +104,7 @@ class RedisStore:
         outcome, raw = self._claim(
             keys=[key], args=[record.encode(), retention_ms, time.time(), lease]
         )
-        found = parsenew_record(raw)
+        found = parsed_record(raw)
         if found is None:
             raise ClientError(f"idempotency key {key} could not be claimed")
         return Claim(found.task_id, found.fingerprint, created=int(outcome) > 0)
@@ -138,7 +138,7 @@ class FileStore:
 
     def _read(self, path: Path) -> ClaimRecord | None:
         try:
-            return parsenew_record(path.read_bytes())
+            return parsed_record(path.read_bytes())
         except FileNotFoundError:
             return None
 
@@ -234,7 +234,7 @@ class S3Store:
             reply = self.client.get_object(Bucket=self.bucket, Key=name)
         except self.client.exceptions.NoSuchKey:
             return None
-        return parsenew_record(reply["Body"].read()), str(reply["ETag"])
+        return parsed_record(reply["Body"].read()), str(reply["ETag"])
 
     def claim(
         self,
