@@ -37,8 +37,8 @@ def cmd_callbacks_redeliver(args: argparse.Namespace) -> int:
         done = redeliver(settings, app, None if args.failed else args.task_ids)
     finally:
         app.close()
-    for task_id in done.redelivered:
-        print(json.dumps({"task_id": task_id, "redelivered": True}))
+    for state in done.redelivered:
+        print(json.dumps({"task_id": state.task_id, "redelivered": True}))
     for task_id in done.not_failed:
         sys.stderr.write(f"forwarder: the callback of {task_id} has not failed; not redelivered\n")
     return 1 if done.not_failed else 0

@@ -34,9 +34,10 @@ class CallbackDeliveries:
         return None if state is None else CallbackDeliveryView(**state.as_dict())
 
     def redeliver(self, task_id: str) -> CallbackDeliveryView | None:
-        """The state after the redelivery; None when there was no failed callback to send."""
+        """The state the redelivery stored (pending: the deliverer may be done already when this
+        answers); None when there was no failed callback to send."""
         done = redeliver(self.settings, self.app, [task_id])
-        return self.view(task_id) if done.redelivered else None
+        return CallbackDeliveryView(**done.redelivered[0].as_dict()) if done.redelivered else None
 
 
 def add_redeliver_route(app: FastAPI, routes: TaskRoutes, deliveries: CallbackDeliveries) -> None:

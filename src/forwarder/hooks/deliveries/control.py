@@ -32,7 +32,7 @@ def list_states(app: Celery, *, failed_only: bool = False) -> Iterator[DeliveryS
 
 @dataclass(frozen=True)
 class Redelivery:
-    redelivered: list[str]
+    redelivered: list[DeliveryState]  # as each was stored, pending, before its job went out
     not_failed: list[str]  # no parked job for these ids (pending, delivered or unknown)
 
 
@@ -42,41 +42,41 @@ def redeliver(settings: Settings, app: Celery, task_ids: Iterable[str] | None) -
     store = StateStore(app.backend)
     queues = CeleryJobQueues(app)
     parked = open_queue_store(settings, parked_queue(settings.worker.queue))
-    sent: list[str] = []
+    sent: list[DeliveryState] = []
     try:
         for entry, job in _parked(parked):
             if job is None or (wanted is not None and job.task_id not in wanted):
                 continue
-            if job.task_id in sent or not parked.take(entry):
+            if job.task_id in {state.task_id for state in sent} or not parked.take(entry):
                 continue
             try:
-                _send(store, queues, job.fresh())
+                state = _send(store, queues, job.fresh())
             except BaseException:
                 parked.put_back(entry)
                 raise
             parked.done(entry)
-            sent.append(job.task_id)
+            sent.append(state)
     finally:
         parked.close()
-    missing = sorted((wanted or set()) - set(sent))
+    missing = sorted((wanted or set()) - {state.task_id for state in sent})
     return Redelivery(sent, missing)
 
 
-def _send(store: StateStore, queues: CeleryJobQueues, job: DeliveryJob) -> None:
+def _send(store: StateStore, queues: CeleryJobQueues, job: DeliveryJob) -> DeliveryState:
     state = store.get(job.task_id)
     redeliveries = state.redeliveries + 1 if state is not None else 1
-    store.put(
-        DeliveryState(
-            task_id=job.task_id,
-            status=PENDING,
-            receiver=state.receiver if state is not None else "",
-            stored_at=job.stored_at,
-            last_status_code=state.last_status_code if state is not None else None,
-            last_error=state.last_error if state is not None else None,
-            redeliveries=redeliveries,
-        )
+    pending = DeliveryState(
+        task_id=job.task_id,
+        status=PENDING,
+        receiver=state.receiver if state is not None else "",
+        stored_at=job.stored_at,
+        last_status_code=state.last_status_code if state is not None else None,
+        last_error=state.last_error if state is not None else None,
+        redeliveries=redeliveries,
     )
+    store.put(pending)
     queues.enqueue(job)
+    return pending
 
 
 def _parked(parked: Any) -> Iterator[tuple[Any, DeliveryJob | None]]:
