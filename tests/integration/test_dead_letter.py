@@ -53,14 +53,17 @@ def count(read: Read, task_id: str) -> int:
 
 
 def kill_deliveries(
-    read: Read, echo: EchoServer, task_id: str, kill: Callable[[int], None]
-) -> None:
-    """Kill whatever runs each of the task's first MAX_DELIVERIES deliveries, mid model call.
+    read: Read, echo: EchoServer, submit: Callable[[], str], kill: Callable[[int], None]
+) -> str:
+    """Send the task with ``submit``; kill whatever runs each of its first MAX_DELIVERIES deliveries,
+    mid model call; the task id.
 
     Only the poison task reaches the echo server meanwhile, so each new request is its next
     delivery's; the pid in its STARTED meta tells which process to kill.
     """
+    # Read before the task is sent: a worker may call the model before this process reads on.
     baseline = echo.stats()["predict_requests"]
+    task_id = submit()
     killed: set[int] = set()
 
     def meta() -> dict[str, Any]:
@@ -80,6 +83,7 @@ def kill_deliveries(
         pid = wait_for(started, 20, lambda: f"a delivery never ran: {meta()}")
         killed.add(pid)
         kill(pid)
+    return task_id
 
 
 def backdate_unacked(redis_url: str) -> None:
@@ -135,13 +139,14 @@ def test_prefork_child_killed_every_time_is_dead_lettered_then_replayed(
     client = procs.client(broker_url=redis_url, queue=queue)
     others = [client.submit({"args": {"n": n}}) for n in range(2)]
     wait_all(client, others, timeout=20)
-    poison = client.submit(POISON)
 
     def kill_child(pid: int) -> None:
         assert pid in {child.pid for child in worker.children()}
         psutil.Process(pid).kill()
 
-    kill_deliveries(redis_reader(redis_url), echo, poison, kill_child)
+    poison = kill_deliveries(
+        redis_reader(redis_url), echo, lambda: client.submit(POISON), kill_child
+    )
     assert wait_one(client, poison, timeout=20).status == "FAILURE"
     others += [client.submit({"args": {"n": n}}) for n in range(2, 4)]
     results = wait_all(client, others, timeout=20)
@@ -181,7 +186,6 @@ def test_gevent_worker_killed_every_time_is_dead_lettered(procs: Processes, redi
     workers = [start()]
     others = [client.submit({"args": {"n": n}}) for n in range(2)]
     wait_all(client, others, timeout=20)
-    poison = client.submit(POISON)
 
     def kill_worker(pid: int) -> None:
         assert pid == workers[-1].pid
@@ -189,7 +193,9 @@ def test_gevent_worker_killed_every_time_is_dead_lettered(procs: Processes, redi
         backdate_unacked(redis_url)
         workers.append(start())
 
-    kill_deliveries(redis_reader(redis_url), echo, poison, kill_worker)
+    poison = kill_deliveries(
+        redis_reader(redis_url), echo, lambda: client.submit(POISON), kill_worker
+    )
     worker = workers[-1]
     others += [client.submit({"args": {"n": n}}) for n in range(2, 4)]
     assert wait_one(client, poison, timeout=20).status == "FAILURE"
@@ -229,8 +235,9 @@ def test_sqs_with_s3_results_dead_letters_to_a_sibling_queue(
         except s3.exceptions.NoSuchKey:
             return None
 
-    poison = client.submit(POISON)
-    kill_deliveries(read, echo, poison, lambda pid: psutil.Process(pid).kill())
+    poison = kill_deliveries(
+        read, echo, lambda: client.submit(POISON), lambda pid: psutil.Process(pid).kill()
+    )
     result = wait_one(client, poison, timeout=30)
     assert result.status == "FAILURE", result
     assert f"copied to {queue}-dead-letter" in (result.error or ""), result
