@@ -10,18 +10,22 @@ import json
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from forwarder.client.broker import ForwarderClient
 from forwarder.client.gateway import GatewayClient
 from forwarder.devtools.localrun import Child, environment
 from forwarder.events import Event
+from forwarder.events.redis import RedisEventLog
 from forwarder.events.sse import sse_fields
+from forwarder.protocol import events_key_name
 from support.aws import MotoServer
 from support.processes import Processes
 from support.waiting import wait_for
@@ -255,3 +259,24 @@ def test_s3_results_keep_the_log_in_batched_objects(
     objects = len(listed["Contents"])
     # About one object per half second of a two-second stream, never one per event.
     assert 2 <= objects <= 15, objects
+
+
+def test_a_redis_event_write_sent_again_adds_nothing_twice(redis_url: str) -> None:
+    # A deadline that fires while a write's reply is awaited keeps the events for the next write
+    # (they may already be in the stream); the next write sends them again with what followed.
+    with redis.Redis.from_url(redis_url, socket_timeout=5) as conn:
+        log = RedisEventLog(types.SimpleNamespace(client=conn, expires=60))
+        first = [("chunk", '"a"'), ("chunk", '"b"')]
+        log._write("resent", first, 1)
+        log._write("resent", [*first, ("chunk", '"c"')], 1)
+        again = log.writer("resent")  # another delivery numbers on after the log it finds
+        again.add("chunk", '"d"')
+        again.finish("SUCCESS", None)
+        assert [e.data for e in log.read("resent")] == [
+            '"a"',
+            '"b"',
+            '"c"',
+            '"d"',
+            '{"status": "SUCCESS", "error": null}',
+        ]
+        assert 0 < conn.ttl(events_key_name("resent")) <= 60

@@ -1,14 +1,18 @@
 """Event logs as Redis Streams, beside the results: one stream per task.
 
 Each event is one ``XADD`` (with ``MAXLEN ~`` bounding the stream); the events of up to
-``FLUSH_INTERVAL`` are pipelined with an ``EXPIRE`` to the results' expiry, in one round trip: the stream never outlives its task's result, and a
-model that streams more than ``max_length`` events keeps only about the last ``max_length``.
+``FLUSH_INTERVAL`` go with an ``EXPIRE`` to the results' expiry in one script (``lua/append.lua``),
+one round trip: the stream never outlives its task's result, and a model that streams more than
+``max_length`` events keeps only about the last ``max_length``. Each entry carries its number; a
+write interrupted after Redis ran it (a deadline firing while the reply was awaited) is sent again
+with the next one, and the script skips what the stream already holds.
 The ids are Redis's own (``<ms>-<seq>``); a reader asks for those after an id with ``XRANGE``.
 """
 
 from __future__ import annotations
 
 import math
+from importlib import resources
 from typing import Any
 
 from forwarder.events.base import Event, EventLog
@@ -22,6 +26,7 @@ DEFAULT_MAX_LENGTH = 10_000
 FLUSH_INTERVAL = 0.05
 # The most events one read returns; a reader reads again from the last one.
 READ_COUNT = 1_000
+APPEND = (resources.files("forwarder.events") / "lua" / "append.lua").read_text()
 
 
 class RedisEventLog(EventLog):
@@ -31,15 +36,23 @@ class RedisEventLog(EventLog):
         self.backend = backend
         self.max_length = max_length
         self.expires = math.ceil(backend.expires) if backend.expires else 0
+        self._append: Any = None
 
     def _write(self, task_id: str, events: list[tuple[str, str]], first: int) -> None:
-        key = events_key_name(task_id)
-        pipe = self.backend.client.pipeline(transaction=False)
-        for kind, data in events:
-            pipe.xadd(key, {"k": kind, "d": data}, maxlen=self.max_length, approximate=True)
-        if self.expires:
-            pipe.expire(key, self.expires)
-        pipe.execute()
+        if self._append is None:
+            # register_script re-sends the script itself when Redis lost it (a restart).
+            self._append = self.backend.client.register_script(APPEND)
+        pairs = [part for event in events for part in event]
+        self._append(
+            keys=[events_key_name(task_id)], args=[self.max_length, self.expires, first, *pairs]
+        )
+
+    def _next_number(self, task_id: str) -> int:
+        last = self.backend.client.xrevrange(events_key_name(task_id), count=1)
+        if not last:
+            return 1
+        number = last[0][1].get(b"n")
+        return int(number) + 1 if number is not None else 1
 
     def read(self, task_id: str, after: str | None = None) -> list[Event]:
         start = "-" if after is None else f"({after}"
