@@ -36,12 +36,10 @@ class RedisEventLog(EventLog):
         self.backend = backend
         self.max_length = max_length
         self.expires = math.ceil(backend.expires) if backend.expires else 0
-        self._append: Any = None
+        # No round trip here; the script is sent again whenever Redis lost it (a restart).
+        self._append = backend.client.register_script(APPEND)
 
     def _write(self, task_id: str, events: list[tuple[str, str]], first: int) -> None:
-        if self._append is None:
-            # register_script re-sends the script itself when Redis lost it (a restart).
-            self._append = self.backend.client.register_script(APPEND)
         pairs = [part for event in events for part in event]
         self._append(
             keys=[events_key_name(task_id)], args=[self.max_length, self.expires, first, *pairs]
