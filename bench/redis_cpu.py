@@ -2,14 +2,19 @@
 
 The floor loop (``--floor``, a process of its own) does only what every worker must do for a
 task: BRPOP one message, POST its payload to the model over one keep-alive urllib3 connection
-(the forwarder's model client is urllib3 too), store the result with one SET. Each row drains a prefilled queue; CPU is the whole process tree's (main
-process and pool children) over the drain, divided by the tasks. Rows: the floor, the forwarder
-and plain Celery (``baseline_app.py``) at gevent c=32 and prefork c=2 on the instant model, and
-both at gevent c=32 on the 50 ms model (ideal: c / 50 ms = 640 tasks/s).
+(the forwarder's model client is urllib3 too), store the result with one SET. Each row drains a
+prefilled queue; CPU is the whole process tree's (main process and pool children) over the drain,
+divided by the tasks. Rows: the forwarder and plain Celery (``baseline_app.py``) at gevent c=32
+and prefork c=2 on the instant model, and both at gevent c=32 on the 50 ms model (ideal:
+c / 50 ms = 640 tasks/s).
 
-    .venv/bin/python bench/redis_cpu.py                  # 4,000 tasks per row, ~4 minutes
-    .venv/bin/python bench/redis_cpu.py --short          # the smoke test's: 60 tasks, 3 rows
-    .venv/bin/python bench/redis_cpu.py --json out.json  # also the rows as JSON
+The machine's speed drifts within minutes, so every row runs ``--rounds`` times, each time right
+after a floor loop of its own, and reports medians: of its tasks/s and CPU, of its CPU over that
+floor's, and of its tasks/s over plain Celery's row of the same round.
+
+    .venv/bin/python bench/redis_cpu.py                  # 3 rounds of 3,000 tasks per row, ~8 min
+    .venv/bin/python bench/redis_cpu.py --short          # the smoke test's: 60 tasks, 1 round
+    .venv/bin/python bench/redis_cpu.py --json out.json  # also the rows, and every round, as JSON
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -108,37 +114,67 @@ def measure(stack: Stack, spec: tuple[str, str, int, bool], tasks: int) -> dict[
     return out
 
 
+def summarize(rounds: list[list[tuple[dict[str, Any], dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """One row per kind (the floor first): medians over the rounds of (row, its floor) pairs."""
+    floors = [floor for pairs in rounds for _, floor in pairs]
+    rows = [_median_row(floors) | {"cpu_vs_floor": 1.0, "vs_plain": None}]
+    for kind in range(len(rounds[0])):
+        runs = [pairs[kind][0] for pairs in rounds]
+        against_plain = [_plain_ratio(pairs, pairs[kind][0]) for pairs in rounds]
+        rows.append(
+            _median_row(runs)
+            | {
+                "cpu_vs_floor": statistics.median(
+                    r["cpu_ms_per_task"] / f["cpu_ms_per_task"]
+                    for r, f in (p[kind] for p in rounds)
+                ),
+                "vs_plain": statistics.median(against_plain) if None not in against_plain else None,
+            }
+        )
+    return rows
+
+
+def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return runs[0] | {
+        "rounds": len(runs),
+        "failed": sum(r["failed"] for r in runs),
+        "tasks_per_s": statistics.median(r["tasks_per_s"] for r in runs),
+        "cpu_ms_per_task": statistics.median(r["cpu_ms_per_task"] for r in runs),
+        "runs": [{k: r[k] for k in ("tasks_per_s", "cpu_ms_per_task", "failed")} for r in runs],
+    }
+
+
+def _plain_ratio(pairs: list[tuple[dict[str, Any], dict[str, Any]]], ours: dict[str, Any]) -> Any:
+    kind = (ours["pool"], ours["concurrency"], ours["model"])
+    plain = [
+        r
+        for r, _ in pairs
+        if r["impl"] == "baseline" and (r["pool"], r["concurrency"], r["model"]) == kind
+    ]
+    return ours["tasks_per_s"] / plain[0]["tasks_per_s"] if plain else None
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    floor = next(r for r in rows if r["impl"] == "floor")
     lines = [
         "| worker | model | tasks/s | CPU ms/task | CPU vs floor | tasks/s vs plain Celery |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        plain = next(
-            (
-                b
-                for b in rows
-                if b["impl"] == "baseline"
-                and (b["pool"], b["concurrency"], b["model"])
-                == (r["pool"], r["concurrency"], r["model"])
-            ),
-            None,
-        )
-        vs_plain = f"{r['tasks_per_s'] / plain['tasks_per_s']:.2f}x" if plain else "-"
         name = {"forwarder": "forwarder", "baseline": "plain Celery"}.get(r["impl"])
         worker = f"{name} {r['pool']} c={r['concurrency']}" if name else "floor loop"
+        vs_plain = f"{r['vs_plain']:.2f}x" if r["vs_plain"] is not None else "-"
         lines.append(
             f"| {worker} | {r['model']} "
             f"| {r['tasks_per_s']:.0f} | {r['cpu_ms_per_task']:.2f} "
-            f"| {r['cpu_ms_per_task'] / floor['cpu_ms_per_task']:.2f}x | {vs_plain} |"
+            f"| {r['cpu_vs_floor']:.2f}x | {vs_plain} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=4000)
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--short", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--floor", nargs=4, metavar=("BROKER", "QUEUE", "MODEL_URL", "COUNT"))
@@ -147,10 +183,17 @@ def main() -> None:
         broker, queue, model_url, count = args.floor
         floor_loop(broker, queue, model_url, int(count))
         return
-    tasks = 60 if args.short else args.tasks
+    tasks, rounds = (60, 1) if args.short else (args.tasks, args.rounds)
+    specs = ROWS_SHORT if args.short else ROWS_FULL
+    measured = []
     with Stack(aws=False) as stack:
-        rows = [measure_floor(stack, tasks)]
-        rows += [measure(stack, spec, tasks) for spec in (ROWS_SHORT if args.short else ROWS_FULL)]
+        for _ in range(rounds):
+            pairs = []
+            for spec in specs:
+                floor = measure_floor(stack, tasks)
+                pairs.append((measure(stack, spec, tasks), floor))
+            measured.append(pairs)
+    rows = summarize(measured)
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -52,7 +53,15 @@ def _publish(connection: Connection, queue: str, count: int) -> Queue:
     return declared
 
 
-def test_one_take_fetches_only_free_slots_and_records_them_as_kombu_does(
+def _drain(connection: Connection, received: list[Message], count: int) -> None:
+    """Until ``count`` messages came (an idle consumer takes them one by one), at most 5 s."""
+    deadline = time.monotonic() + 5
+    while len(received) < count and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=1)
+
+
+def test_takes_fetch_only_free_slots_and_record_them_as_kombu_does(
     connection: Connection, redis_url: str
 ) -> None:
     queue = _publish(connection, "take", 6)
@@ -60,8 +69,9 @@ def test_one_take_fetches_only_free_slots_and_records_them_as_kombu_does(
     channel = connection.default_channel
     channel.basic_qos(0, 4, False)
     with Consumer(channel, [queue], callbacks=[lambda _body, message: received.append(message)]):
+        _drain(connection, received, 4)
         with contextlib.suppress(TimeoutError):
-            connection.drain_events(timeout=2)
+            connection.drain_events(timeout=0.5)  # every slot is taken: no take is made
         assert len(received) == 4  # the free slots, not the 6 queued
         with redis.Redis.from_url(redis_url) as conn:
             assert conn.llen("take") == 2
@@ -93,8 +103,7 @@ def test_acks_waiting_for_the_next_take_are_written_before_the_channel_closes(
     channel = connection.default_channel
     channel.basic_qos(0, 3, False)
     with Consumer(channel, [queue], callbacks=[lambda _body, message: received.append(message)]):
-        with contextlib.suppress(TimeoutError):
-            connection.drain_events(timeout=2)
+        _drain(connection, received, 3)
         assert len(received) == 3
         with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=0.5)  # its take finds nothing: nothing is in flight

@@ -25,6 +25,20 @@ PEM = "-----BEGIN PRIVATE KEY-----\nMIIEsecret\n-----END PRIVATE KEY-----"
         ("signing_secret: whsec_c2VjcmV0", "c2VjcmV0"),
         ("gateway token=abc123def", "abc123def"),
         (f"key {PEM} done", "MIIEsecret"),
+        # Upper case, and the AWS forms, pass the cheap check that leaves other lines alone.
+        ("PASSWORD=Hunter2 next", "Hunter2"),
+        ("AUTHORIZATION: BEARER TOK-123", "TOK-123"),
+        ("BROKER SQS://AKIDEXAMPLE:wJalr+XUtnFEMI@localhost", "wJalr+XUtnFEMI"),
+        ("<SecretAccessKey>wJalrXUtnFEMI</SecretAccessKey>", "wJalrXUtnFEMI"),
+        ("<SessionToken>FwoGZXIvYXdzE</SessionToken>", "FwoGZXIvYXdzE"),
+        ("'X-Amz-Security-Token': 'FwoGZXIvYXdzE'", "FwoGZXIvYXdzE"),
+        ("aws_secret_access_key = wJalrXUtnFEMI", "wJalrXUtnFEMI"),
+        ("AWS_SESSION_TOKEN=FwoGZXIvYXdzE", "FwoGZXIvYXdzE"),
+        ("API_KEY: abc123def", "abc123def"),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecret\n-----END RSA PRIVATE KEY-----",
+            "MIIEsecret",
+        ),
     ],
 )
 def test_secrets_are_masked(text: str, secret: str) -> None:

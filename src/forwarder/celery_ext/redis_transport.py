@@ -87,6 +87,7 @@ class Poller(redis.MultiChannelPoller):
 
 class Transport(redis.Transport):
     Channel = Channel
+    on_event_loop = False  # registered with Celery's event loop: the prefork pool's parent
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,6 +95,10 @@ class Transport(redis.Transport):
         # Built after gevent's patching (when it patches), so this is a greenlet-aware event.
         self.slot_freed = threading.Event()
         self._next_sweep = 0.0
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        self.on_event_loop = True
+        super().register_with_event_loop(connection, loop)
 
     def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         self._maybe_sweep()

@@ -21,7 +21,8 @@ _VALUE = r"""(?P<value>b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*"|[^'"\s,;&}<>]+)""
 _SECRET_NAMES = (
     r"password|passwd|token|secret|signing_secret|api_key|auth_token"
     # AWS credentials: botocore at DEBUG logs the STS reply and the signed request headers.
-    r"|secret_?access_?key|session_?token|x-amz-security-token"
+    # The environment's names (AWS_SECRET_ACCESS_KEY=...) too: "_" joins words, so \b fails there.
+    r"|(?:aws_)?secret_?access_?key|(?:aws_)?session_?token|x-amz-security-token"
 )
 
 # What a log line may carry, wherever it came from.
@@ -43,6 +44,21 @@ _SECRETS = [
         re.S,
     ),
 ]
+
+# Words, one of which each of _SECRETS needs to match (case aside): a line without any, nearly
+# every line, is left as it is after a few substring scans; the six patterns cost 38 us a line,
+# a third of what logging it cost.
+_SECRET_WORDS = (
+    "://",
+    "authorization",
+    "password",
+    "passwd",
+    "token",
+    "secret",
+    "api_key",
+    "whsec_",
+    "private key",
+)
 
 # A query parameter whose value is a secret: ?password=, ?token=, X-Amz-Security-Token, ...
 _SECRET_QUERY = re.compile(
@@ -78,6 +94,9 @@ def mask_url(url: str | None) -> str | None:
 
 def mask_secrets(text: str) -> str:
     """The text with every secret the patterns know replaced by ``***``, whole."""
+    lowered = text.lower()
+    if not any(word in lowered for word in _SECRET_WORDS):
+        return text
     for pattern in _SECRETS:
         text = pattern.sub(_masked_match, text)
     return text
