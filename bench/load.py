@@ -96,8 +96,8 @@ def wait_results(
     deadline, last_progress = now + timeout, now
     with progress(f"waiting for {len(ids)} results", len(ids)) as (bar, task):
         while pending and now < deadline and now - last_progress < stall_seconds:
-            if alive is not None and not alive():
-                break
+            # Read once more after the process is gone: what it stored before exiting counts.
+            gone = alive is not None and not alive()
             metas = stored(stack, pending)
             finished = {i: m for i, m in metas.items() if m.get("status") in FINAL_STATES}
             if finished:
@@ -105,6 +105,8 @@ def wait_results(
                 pending = [i for i in pending if i not in done]
                 last_progress = time.monotonic()
             bar.update(task, completed=len(done))
+            if gone:
+                break
             if pending:
                 time.sleep(0.2)
             now = time.monotonic()

@@ -92,6 +92,10 @@ def test_model_server_killed_and_restarted_mid_run(
     """SIGKILL of the model server with requests in flight, back on the same port 1 s later."""
     count = scaled(150)
     echo = procs.echo()
+    client = procs.client(broker_url=redis_url, queue="model")
+    tally = Tally(f"model server SIGKILL + restart ({pool} c=4, {count} tasks)")
+    # Queued before the worker starts: submitting under load took longer than the whole run.
+    submit_all(client, tally, [{"args": {"n": n, "delay": 0.05}} for n in range(count)])
     procs.worker(
         model_port=echo.port,
         pool=pool,
@@ -100,9 +104,6 @@ def test_model_server_killed_and_restarted_mid_run(
         concurrency=4,
         sets=["worker.retry_backoff_max_seconds=0.5"],
     )
-    client = procs.client(broker_url=redis_url, queue="model")
-    tally = Tally(f"model server SIGKILL + restart ({pool} c=4, {count} tasks)")
-    submit_all(client, tally, [{"args": {"n": n, "delay": 0.02}} for n in range(count)])
     wait_stored(tally, redis_url, count // 3, timeout=60)
     before = echo.stats()["predict_requests"]
     echo.kill()

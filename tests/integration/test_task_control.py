@@ -254,7 +254,9 @@ def test_ttl_deadline_and_cancel_on_sqs_with_s3_results(
     )
     client = procs.client(queue="limits", extra_flags=flags)
 
-    busy = client.submit({"args": {"delay": 3}}, timeout_seconds=1.5)
+    # Long enough to be seen running, to submit behind it and to cancel, with moto's S3 and SQS
+    # slow under load: at 1.5 s the first read could already find it TIMEOUT.
+    busy = client.submit({"args": {"delay": 8}}, timeout_seconds=4)
     wait_started(client, echo, busy)
     stale = client.submit({"args": {"n": "stale"}}, ttl_seconds=0.3)
     queued = client.submit({"args": {"n": "queued"}})
