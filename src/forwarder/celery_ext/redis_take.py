@@ -9,12 +9,12 @@ as kombu does, atomically, in one round trip on the connection kombu polls.
 A process with CPU to spare takes one message at a time. When the model is slow, the tasks of one
 take finish together, their acks land in one turn of the event loop, and a take of every free slot
 starts them together again: a gevent worker went on in lock step, waiting on the model with every
-slot taken and then spending a burst of CPU with none in flight, and gave 65% of the tasks/s its
+slot taken and then spending a burst of CPU with none in flight, and gave 63% of the tasks/s its
 slots allow on a 50 ms model. Taken one by one, the tasks spread over the model's latency. A busy
 process (``BUSY`` of a core over the last ``BUSY_WINDOW`` seconds) is short of CPU, not of tasks in
 flight: it takes as many as slots are free, which costs the fewest round trips per task.
-So is a channel on an event loop (the prefork pool's parent): its tasks run in the children, so
-its own CPU says nothing of theirs.
+A channel on an event loop (the prefork pool's parent) does the same: its tasks run in the
+children, so its own CPU says nothing of theirs.
 
 A script cannot block, so when a take finds nothing the channel waits with
 ``BLMOVE queue queue RIGHT RIGHT``: it returns once the first queue has a message and leaves it
