@@ -31,8 +31,11 @@ def billiard_pool() -> Iterator[Any]:
 
 def instance_of(owner: type, billiard_pool: Any) -> Any:
     """A real instance of ``owner``, for the names its ``__init__`` sets."""
+    from billiard.pool import ApplyResult
     from kombu.transport import redis, virtual
 
+    if owner is ApplyResult:  # a job, recorded in a cache of its own
+        return ApplyResult({}, callback=None)
     if isinstance(billiard_pool, owner):
         return billiard_pool
     if isinstance(billiard_pool._inqueue, owner):  # the pool's job pipe (a SimpleQueue)

@@ -71,6 +71,23 @@ INTERNALS: tuple[Internal, ...] = (
         ("self", "hub", "proc"),
     ),
     Internal(
+        "billiard.pool:ApplyResult",
+        "_accepted",
+        "prefork: whether a child has acknowledged a job, as Celery's flush reads it",
+        on_instance=True,
+    ),
+    Internal(
+        "billiard.pool:ApplyResult",
+        "_write_to",
+        "prefork: the child a job was written to, kept through a flush since it runs there",
+    ),
+    Internal(
+        "billiard.process:BaseProcess",
+        "_is_alive",
+        "prefork: a job written to a child that has exited is Celery's to drop, not kept",
+        ("self",),
+    ),
+    Internal(
         "celery.concurrency.prefork:TaskPool",
         "_pool",
         "prefork: the billiard pool behind Celery's, to drop a job never sent to a child",
@@ -78,7 +95,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(
         "billiard.pool:Pool",
         "_cache",
-        "prefork: the pool's jobs, to find the one whose arguments could not be pickled",
+        "prefork: the pool's jobs, to find the one whose arguments could not be pickled, and to"
+        " keep through a flush the ones written to a child",
         on_instance=True,
     ),
     Internal(

@@ -6,6 +6,10 @@ be reaped, and then the replacement waits for the pool's 5 s maintenance timer. 
 every recycle stalled the worker for about 5 s (40 tasks with recycling every 2 took 71 s).
 Retrying the reap shortly after, a few times, closes that gap.
 
+A warm shutdown (and a lost broker connection) drops the jobs no child has acknowledged yet,
+since the broker delivers them again. A job already written to a live child is kept: the child
+runs it anyway, and only a kept job has its result read and its message acked.
+
 A task whose arguments cannot be pickled for a child (a payload nested some 500 levels deep: JSON
 decodes it, pickle hits the recursion limit) made ``apply_async`` raise in the worker's main
 process, which Celery treats as unrecoverable: the whole worker stopped, and the redelivered
@@ -45,6 +49,23 @@ REAP_RETRY_DELAYS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class PromptAsynPool(AsynPool):  # type: ignore[misc]
+    def flush(self) -> None:
+        # Celery drops every job no child has acknowledged yet, as the broker delivers it
+        # again; but a job already written to a live child runs there all the same, and with it
+        # dropped, its result was never read and its message never acked: a warm shutdown put
+        # back tasks whose results were stored, and the next worker received them again.
+        handed = {
+            key: job
+            for key, job in self._cache.items()
+            if not job._accepted and job._write_to is not None and job._write_to._is_alive()
+        }
+        for key in handed:
+            del self._cache[key]
+        try:
+            super().flush()
+        finally:
+            self._cache.update(handed)
+
     def _event_process_exit(self, hub: Any, proc: Any) -> None:
         super()._event_process_exit(hub, proc)
         for delay in REAP_RETRY_DELAYS:
