@@ -34,7 +34,7 @@ def test_sigterm_finishes_tasks_in_flight_and_loses_none(
         model_port=echo.port, pool=pool, queue=queue, broker_url=redis_url, concurrency=2
     )
     client = procs.client(broker_url=redis_url, queue=queue)
-    ids = [client.submit({"args": {"n": n, "delay": 2}}) for n in range(6)]
+    ids = [client.submit({"args": {"n": n, "delay": 3}}) for n in range(6)]
 
     def two_started() -> list[str] | None:
         statuses = _statuses(client, ids)
@@ -43,6 +43,9 @@ def test_sigterm_finishes_tasks_in_flight_and_loses_none(
 
     in_flight = wait_for(two_started, 10, "two tasks never reached STARTED")
     assert len(in_flight) == 2, _statuses(client, ids)
+    # Late in the tasks: a blocking consumer (gevent) is then in its second wait for a slot,
+    # which the first task's end cuts short, and Celery's loop drains once more after SIGTERM.
+    time.sleep(2.3)
 
     assert first.stop(signal.SIGTERM, timeout=15) == 0, first.log()[-3000:]
     assert "Warm shutdown" in first.log()
@@ -54,7 +57,7 @@ def test_sigterm_finishes_tasks_in_flight_and_loses_none(
     for task_id in in_flight:
         n = ids.index(task_id)
         assert client.get(task_id).result == {
-            "result": f'{{"n": {n}, "delay": 2}}',
+            "result": f'{{"n": {n}, "delay": 3}}',
             "status_code": 200,
         }
 
