@@ -1,7 +1,7 @@
 """Queued callbacks in real workers: delivered out of the slot, their state stored beside the result.
 
-Real redis-server (or the embedded broker), the echo model server, a worker that starts its
-deliverer beside itself, and the callback receiver of ``support.callbacks``.
+Real redis-server (or the embedded broker, or SQS and S3 on moto), the echo model server, a
+worker that starts its deliverer beside itself, and the callback receiver of ``support.callbacks``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import pytest
 import requests
 import yaml
 
+from forwarder.hooks.deliveries.jobs import callbacks_queue, parked_queue
+from support.aws import MotoServer
 from support.callbacks import CallbackReceiver
 from support.processes import Processes
 from support.waiting import wait_all, wait_for
@@ -191,3 +193,55 @@ def test_the_gateway_shows_the_delivery_and_redelivers_a_failed_one(
     assert requests.post(url, timeout=10).status_code == 409
     # model-engine's fields keep their shape; the delivery is a field of its own beside them.
     assert set(failed) - {"callback"} == {"task_id", "status", "result", "traceback", "status_code"}
+
+
+@pytest.mark.timeout(90)
+def test_on_sqs_the_jobs_go_through_the_sibling_queue(
+    moto_here: MotoServer, procs: Processes, callback_receiver: CallbackReceiver, tmp_path: Path
+) -> None:
+    sqs = moto_here.client("sqs")
+    queue_url = sqs.create_queue(QueueName="inference")["QueueUrl"]
+    jobs_url = sqs.create_queue(QueueName=callbacks_queue("inference"))["QueueUrl"]
+    sqs.create_queue(QueueName=parked_queue("inference"))
+    moto_here.client("s3").create_bucket(Bucket="results")
+    aws_flags = {"--sqs-url": queue_url, "--result-backend": "s3://results/tasks"}
+    flags = [item for pair in aws_flags.items() for item in pair]
+    config = write_config(
+        tmp_path / "callbacks.yaml",
+        {"default_url": callback_receiver.url(), "delivery_slots": 2},
+    )
+    echo = procs.echo()
+    worker = procs.worker(
+        model_port=echo.port, concurrency=2, env=moto_here.env, extra_args=[*flags, *config]
+    )
+    client = procs.client(queue="inference", extra_flags=aws_flags)
+    task_ids = [client.submit({"args": {"n": n}}) for n in range(3)]
+    wait_all(client, task_ids, timeout=30)
+    wait_for(
+        lambda: len(callback_receiver.received) >= len(task_ids),
+        30,
+        lambda: f"callbacks: {len(callback_receiver.received)} of {len(task_ids)}",
+    )
+    calls = callback_receiver.by_task_id()
+    assert set(calls) == set(task_ids)
+    assert calls[task_ids[1]].json() == {
+        "result": '{"n": 1}',
+        "status_code": 200,
+        "task_id": task_ids[1],
+    }
+    # The jobs came through the sibling queue and none is left there.
+    sent = sqs.get_queue_attributes(QueueUrl=jobs_url, AttributeNames=["All"])["Attributes"]
+    assert int(sent["ApproximateNumberOfMessages"]) == 0, sent
+    assert int(sent["ApproximateNumberOfMessagesNotVisible"]) == 0, sent
+    stored = wait_for(
+        lambda: (
+            (s := states([*flags, "--queue", "inference"]))
+            and all(s.get(t, {}).get("status") == "delivered" for t in task_ids)
+            and s
+        ),
+        20,
+        "delivery states",
+    )
+    assert stored[task_ids[0]]["attempts"] == 1
+    assert "deliverer started beside the worker" in worker.log()
+    assert "delivered after 1 attempt(s)" in worker.log()
