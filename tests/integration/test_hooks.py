@@ -17,7 +17,7 @@ import yaml
 from forwarder.devtools.localrun import HOST, free_port
 from support.callbacks import CallbackReceiver
 from support.processes import Processes
-from support.waiting import wait_all, wait_for
+from support.waiting import wait_all
 
 pytestmark = [pytest.mark.integration]
 
@@ -82,13 +82,7 @@ def test_hooks_run_after_every_final_state(
     }
     assert results[good[3]].result == {"result": json.dumps({"n": 3}), "status_code": 200}
 
-    wait_for(
-        lambda: len(callback_receiver.received) >= len(task_ids),
-        10,
-        lambda: f"callbacks: {len(callback_receiver.received)} of {len(task_ids)}",
-    )
-    calls = callback_receiver.by_task_id()
-    assert set(calls) == set(task_ids)
+    calls = callback_receiver.calls_for(task_ids, timeout=10)
     assert calls[good[3]].json() == {
         "result": json.dumps({"n": 3}),
         "status_code": 200,

@@ -14,6 +14,7 @@ import pytest
 
 from forwarder.devtools.localrun import HOST
 from support.servers import LocalHTTPServer, QuietHandler
+from support.waiting import wait_for
 
 __all__ = ["CallbackReceiver", "DrippingReceiver", "Received", "callback_receiver"]
 
@@ -68,6 +69,17 @@ class CallbackReceiver(LocalHTTPServer):
     def by_task_id(self) -> dict[str, Received]:
         with self._lock:
             return {r.json()["task_id"]: r for r in self.received}
+
+    def calls_for(self, task_ids: list[str], timeout: float) -> dict[str, Received]:
+        """Once as many calls as ``task_ids`` came (within ``timeout`` s): one per task, by id."""
+        wait_for(
+            lambda: len(self.received) >= len(task_ids),
+            timeout,
+            lambda: f"callbacks: {len(self.received)} of {len(task_ids)}",
+        )
+        calls = self.by_task_id()
+        assert set(calls) == set(task_ids)
+        return calls
 
 
 @pytest.fixture
