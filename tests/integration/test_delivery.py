@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +72,45 @@ def test_sigterm_finishes_tasks_in_flight_and_loses_none(
     served_by_second = [t for t in ids if f"[{t}] succeeded" in second.log()]
     assert sorted(served_by_second) == sorted(t for t in ids if t not in in_flight)
     assert second.running
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("broker", ["embedded", "sqs"])
+def test_a_polling_gevent_worker_takes_no_task_after_sigterm(
+    broker: str, procs: Processes, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The embedded broker and SQS are polled: a poll after SIGTERM took the next task."""
+    if broker == "sqs":
+        aws = request.getfixturevalue("moto_here")
+        queue_url = aws.client("sqs").create_queue(QueueName="inference")["QueueUrl"]
+        aws.client("s3").create_bucket(Bucket="results")
+        flags = {"--sqs-url": queue_url, "--result-backend": "s3://results/tasks"}
+        where: dict[str, Any] = {
+            "env": aws.env,
+            "extra_args": [a for f in flags.items() for a in f],
+        }
+        client = procs.client(queue="inference", extra_flags=flags)
+    else:
+        where = {"data_dir": tmp_path / "data"}
+        client = procs.client(queue="inference", data_dir=tmp_path / "data")
+    echo = procs.echo()
+    worker = procs.worker(model_port=echo.port, pool="gevent", concurrency=2, **where)
+    ids = [client.submit({"args": {"n": n, "delay": 3}}) for n in range(4)]
+
+    def two_started() -> list[str] | None:
+        statuses = _statuses(client, ids)
+        started = [task_id for task_id in ids if statuses[task_id] == "STARTED"]
+        return started if len(started) >= 2 else None
+
+    in_flight = wait_for(two_started, 15, "two tasks never reached STARTED")
+    time.sleep(2.0)  # late in the tasks: the first ends while the worker is already stopping
+
+    assert worker.stop(signal.SIGTERM, timeout=20) == 0, worker.log()[-3000:]
+    after = _statuses(client, ids)
+    assert all(after[t] == "SUCCESS" for t in in_flight), after
+    assert sum(s == "SUCCESS" for s in after.values()) == 2, after
+    assert echo.stats()["predict_requests"] == 2, "the stopping worker took new tasks"
 
 
 @pytest.mark.slow

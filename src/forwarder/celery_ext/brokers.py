@@ -167,6 +167,8 @@ def celery_app(settings: Settings, name: str = "forwarder") -> Celery:
         app.conf.broker_transport = "forwarder.celery_ext.redis_transport:Transport"
     elif config.kind == "embedded":
         app.conf.broker_transport = "forwarder.celery_ext.filesystem_transport:Transport"
+    elif config.kind == "sqs":
+        app.conf.broker_transport = "forwarder.celery_ext.sqs_transport:Transport"
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

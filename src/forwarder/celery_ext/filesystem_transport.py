@@ -12,7 +12,8 @@ kombu moves a message it takes into the system's temporary folder before reading
 renamed within the queue folder instead, so that a message (which may carry a callback's
 credentials) never leaves the folder the operator chose. A message whose worker dies between the
 rename and the read stays there under its ``.taken`` name: the embedded broker is at-most-once.
-Messages and the exchanges' binding files are 0600, in folders made 0700.
+Messages and the exchanges' binding files are 0600, in folders made 0700. Once the worker is
+shutting down, a drain takes nothing (``stopping``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from kombu.transport import filesystem
 from kombu.transport.virtual import Empty
 from kombu.utils.json import dumps, loads
 
+from forwarder.celery_ext.stopping import StopsTaking
+
 __all__ = ["Transport"]
 
 # Written under this suffix, a message is no queue's: kombu matches ``<queue>.msg`` exactly.
@@ -35,7 +38,7 @@ TAKEN_SUFFIX = ".taken"
 MESSAGE_MODE = 0o600
 
 
-class Channel(filesystem.Channel):
+class Channel(StopsTaking, filesystem.Channel):
     # kombu's filesystem channel names the argument differently from its own base class.
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         # kombu's own naming, so that plain kombu consumers read these messages in the same order.

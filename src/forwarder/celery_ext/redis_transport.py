@@ -8,8 +8,7 @@ task finishes: the worker sat idle for up to 2 s each time it was saturated (64 
 16 greenlets took 6.7 s instead of 2 s), and polling for a free slot instead costs CPU for as
 long as the slots stay taken (10% of a core at a 2 ms poll). Here every ack or reject sets an
 event that the saturated consumer waits on, so it resumes the moment a slot frees and spends
-nothing while none does. Once the worker is shutting down, a drain takes nothing: Celery's loop
-drains once more after it has seen the shutdown, and started a new task in a slot freed by then.
+nothing while none does; once the worker is shutting down, a drain takes nothing (``stopping``).
 The prefork pool's event loop does not use ``drain_events``.
 
 kombu sweeps the unacknowledged messages of dead consumers back into their queue (once their
@@ -29,28 +28,18 @@ import threading
 import time
 from typing import Any
 
-from celery.worker import state
 from kombu.transport import redis
 
 from forwarder.celery_ext.redis_qos import QoS, settle_orphans
 from forwarder.celery_ext.redis_take import TakingChannel
+from forwarder.celery_ext.stopping import worker_stopping
 
 __all__ = ["Transport"]
 
 log = logging.getLogger(__name__)
 
-
 # Seconds a drain waits, taking nothing, once the worker is shutting down.
 STOPPING_WAIT = 0.1
-
-
-def _worker_stopping() -> bool:
-    """Whether a warm or cold shutdown has been asked for (SIGTERM, SIGQUIT, ``celery control``)."""
-    # Celery's own test: an exit code, 0 included, is a shutdown; None or False is none.
-    return any(
-        flag is not None and flag is not False
-        for flag in (state.should_stop, state.should_terminate)
-    )
 
 
 class Channel(TakingChannel):
@@ -119,10 +108,9 @@ class Transport(redis.Transport):
     def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         self._maybe_sweep()
         self.slot_freed.clear()
-        if _worker_stopping():
-            # Celery's blocking loop reads once more after it has seen the shutdown, and a slot
-            # freed by then took a new task. The wait yields to the other greenlets: the
-            # pidbox's loop drains too, until the consumer stops it.
+        if worker_stopping():
+            # Waited, not returned at once: the pidbox's loop drains too until the consumer stops
+            # it, and a drain returning at once made it spin, starving every other greenlet.
             self.slot_freed.wait(STOPPING_WAIT)
             raise TimeoutError()
         if self._saturated():
