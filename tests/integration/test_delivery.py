@@ -24,6 +24,17 @@ def _statuses(client: ForwarderClient, task_ids: list[str]) -> dict[str, str]:
     return {task_id: client.get(task_id).status for task_id in task_ids}
 
 
+def _two_started(client: ForwarderClient, task_ids: list[str], timeout: float) -> list[str]:
+    """The tasks STARTED once at least two are (within ``timeout`` s)."""
+
+    def started() -> list[str] | None:
+        statuses = _statuses(client, task_ids)
+        running = [task_id for task_id in task_ids if statuses[task_id] == "STARTED"]
+        return running if len(running) >= 2 else None
+
+    return wait_for(started, timeout, "two tasks never reached STARTED")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pool", POOLS)
@@ -38,12 +49,7 @@ def test_sigterm_finishes_tasks_in_flight_and_loses_none(
     client = procs.client(broker_url=redis_url, queue=queue)
     ids = [client.submit({"args": {"n": n, "delay": 3}}) for n in range(6)]
 
-    def two_started() -> list[str] | None:
-        statuses = _statuses(client, ids)
-        started = [task_id for task_id in ids if statuses[task_id] == "STARTED"]
-        return started if len(started) >= 2 else None
-
-    in_flight = wait_for(two_started, 10, "two tasks never reached STARTED")
+    in_flight = _two_started(client, ids, 10)
     assert len(in_flight) == 2, _statuses(client, ids)
     # Late in the tasks: a blocking consumer (gevent) is then in its second wait for a slot,
     # which the first task's end cuts short, and Celery's loop drains once more after SIGTERM.
@@ -98,12 +104,7 @@ def test_a_polling_gevent_worker_takes_no_task_after_sigterm(
     worker = procs.worker(model_port=echo.port, pool="gevent", concurrency=2, **where)
     ids = [client.submit({"args": {"n": n, "delay": 3}}) for n in range(4)]
 
-    def two_started() -> list[str] | None:
-        statuses = _statuses(client, ids)
-        started = [task_id for task_id in ids if statuses[task_id] == "STARTED"]
-        return started if len(started) >= 2 else None
-
-    in_flight = wait_for(two_started, 15, "two tasks never reached STARTED")
+    in_flight = _two_started(client, ids, 15)
     time.sleep(2.0)  # late in the tasks: the first ends while the worker is already stopping
 
     assert worker.stop(signal.SIGTERM, timeout=20) == 0, worker.log()[-3000:]
