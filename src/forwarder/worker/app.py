@@ -28,6 +28,7 @@ from forwarder.protocol import FAILURE, SUCCESS, TASK_NAMES
 from forwarder.worker.cancel_watch import CancelWatch
 from forwarder.worker.crash_loop import CrashLoopGuard
 from forwarder.worker.forwarding import Forwarder
+from forwarder.worker.gevent_polls import native_readiness_polls
 from forwarder.worker.gevent_switch import check_gevent_patched
 from forwarder.worker.interrupts import interrupter_for
 from forwarder.worker.lifecycle import Outcome, TaskLifecycle
@@ -217,6 +218,7 @@ def run_worker(settings: Settings, deliverer_argv: Sequence[str] = ()) -> int:
     worker = settings.worker
     if worker.pool == "gevent":
         check_gevent_patched()
+        native_readiness_polls()
     _announce(settings)
     if worker.tracing == "otel" and not enable_spans():
         raise ConfigError(
