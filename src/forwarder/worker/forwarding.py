@@ -111,9 +111,21 @@ class Forwarder:
         self.pool_size = pool_size
         # A pool inherited through fork shares its sockets with the parent: each builds its own.
         self._session = ProcessLocal(self._new_session)
+        self._route = ProcessLocal(self._new_route)
 
     def session(self) -> urllib3.PoolManager:
         return self._session.get()
+
+    def _new_route(self) -> tuple[urllib3.PoolManager | urllib3.HTTPConnectionPool, str]:
+        """What a predict request is opened with, and the target it names.
+
+        Without a proxy, the model's own connection pool and the URL's path: the manager would
+        parse the URL and look the pool up again on every request.
+        """
+        session, url = self.session(), self.model.predict_url
+        if isinstance(session, urllib3.ProxyManager):
+            return session, url
+        return session.connection_from_url(url), urllib3.util.parse_url(url).request_uri
 
     def _new_session(self) -> urllib3.PoolManager:
         # Retries are the task's job (with backoff, through the broker); sized so that every
@@ -148,13 +160,15 @@ class Forwarder:
         except (TypeError, ValueError) as exc:
             raise PayloadError(f"payload cannot be sent as JSON: {exc}") from None
         url = self.model.predict_url
+        opener, target = self._route.get()
         try:
-            reply = self.session().request(
+            reply = opener.urlopen(
                 "POST",
-                url,
+                target,
                 body=data,
                 headers={"Content-Type": "application/json", **(headers or {})},
                 preload_content=False,
+                redirect=False,
             )
         except urllib3.exceptions.ReadTimeoutError:
             raise self._timed_out(url) from None
