@@ -4,7 +4,8 @@ Sends ``--tasks`` tasks, starts one worker (by default gevent at concurrency 32 
 model with the Firehose logging hook, as in the throughput stage), and samples it with py-spy
 for ``--seconds`` while it drains. Prints the run's tasks/s and worker CPU per task, the share of
 samples by the library the sampled code was in (self time), and the functions holding the most
-samples (inclusive). Idle samples (a greenlet hub waiting on sockets) are left out.
+samples (inclusive). Idle samples (a greenlet hub waiting on sockets) are left out unless
+``--idle``; ``--children`` keeps only the samples of prefork pool children.
 
     .venv/bin/python bench/cpu_profile.py --pool gevent --concurrency 32 --tasks 8000
 """
@@ -52,8 +53,11 @@ def library(path: str) -> str:
     return "other" if path else "native"
 
 
-def summarise(raw: str) -> tuple[int, Counter[str], Counter[str]]:
-    """Total samples, self samples by library, inclusive samples by function."""
+def summarise(raw: str, children: bool = False) -> tuple[int, Counter[str], Counter[str]]:
+    """Total samples, self samples by library, inclusive samples by function.
+
+    ``children``: only the samples of prefork pool children (billiard's work loop in the stack).
+    """
     by_library: Counter[str] = Counter()
     by_function: Counter[str] = Counter()
     total = 0
@@ -62,6 +66,8 @@ def summarise(raw: str) -> tuple[int, Counter[str], Counter[str]]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        if children and "Worker.workloop" not in stack:
+            continue
         total += count
         frames = [FRAME.match(frame) for frame in stack.split(";")]
         names = [
@@ -94,7 +100,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
             sampler = subprocess.Popen(
                 [py_spy, "record", "--pid", str(worker.pid), "--duration", str(args.seconds)]
                 + ["--rate", "200", "--format", "raw", "--output", str(output), "--nonblocking"]
-                + (["--subprocesses"] if args.pool == "prefork" else []),
+                + (["--subprocesses"] if args.pool == "prefork" else [])
+                + (["--idle"] if args.idle else []),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -104,7 +111,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
             raw = output.read_text() if output.exists() else ""
         finally:
             worker.stop(timeout=60)
-    total, by_library, by_function = summarise(raw)
+    total, by_library, by_function = summarise(raw, children=args.children)
     return {
         "tasks_per_s": rate(list(done.values())),
         "cpu_ms_per_task": 1000 * cpu / args.tasks,
@@ -124,6 +131,12 @@ def main() -> None:
     parser.add_argument("--instant", action="store_true", help="instant model, not 50 ms")
     parser.add_argument("--no-hooks", dest="hooks", action="store_false")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--idle", action="store_true", help="keep idle samples: where the worker waits too"
+    )
+    parser.add_argument(
+        "--children", action="store_true", help="only the prefork pool children's samples"
+    )
     args = parser.parse_args()
     result = profile(args)
     total = max(result["samples"], 1)

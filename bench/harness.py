@@ -148,6 +148,7 @@ class Stack:
                 self._children.append(moto)
             instant, self.model_port = start_echo_server(self.folder / "echo.log")
             self._children.append(instant)
+            self.services = {"redis-server": redis_child, "instant model": instant}
             slow, self.slow_model_port = start_echo_server(
                 self.folder / "echo-slow.log", "--delay", str(MODEL_DELAY)
             )
