@@ -62,17 +62,20 @@ def tree_memory(pid: int) -> tuple[float, float]:
     return rss / MIB, pss / MIB
 
 
+def cpu_seconds(process: psutil.Process, reaped: bool = False) -> float:
+    """User and system CPU of one process (0 once it is gone); ``reaped``: with its exited
+    children's, which are in their parent's ``children_*`` once reaped, never twice."""
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = times.user + times.system
+    return total + times.children_user + times.children_system if reaped else total
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User and system CPU of a process tree, counting descendants that have already exited."""
-    total = 0.0
-    for process in tree_processes(pid):
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        # An exited child's time is in its parent's children_* once reaped, never twice.
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+    return sum(cpu_seconds(process, reaped=True) for process in tree_processes(pid))
 
 
 class CallbackReceiver(BaseHTTPRequestHandler):

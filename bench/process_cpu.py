@@ -7,7 +7,7 @@ the model server. A process's share of a core says how busy it was: a child well
 core waits, for its next job or for a reply, and CPU per task is then not what limits tasks/s.
 
     .venv/bin/python bench/process_cpu.py                 # 5,000 tasks, 3 rounds, ~2 min
-    .venv/bin/python bench/process_cpu.py --tasks 200 --rounds 1 --json out.json  # the smoke test's
+    .venv/bin/python bench/process_cpu.py --tasks 100 --rounds 1 --json out.json  # the smoke test's
 """
 
 from __future__ import annotations
@@ -20,16 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from harness import Stack, WorkerSpec, start_worker, tree_processes
+from harness import Stack, WorkerSpec, cpu_seconds, start_worker, tree_processes
 from load import prefill, rate, wait_results
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    try:
-        times = process.cpu_times()
-    except psutil.NoSuchProcess:
-        return 0.0
-    return times.user + times.system
 
 
 def drain(stack: Stack, impl: str, concurrency: int, tasks: int) -> dict[str, Any]:
