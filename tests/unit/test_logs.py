@@ -100,14 +100,22 @@ def test_celery_success_line_shows_no_result_body() -> None:
 def test_configure_replaces_the_root_handlers() -> None:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    lookups = (logging._srcfile, logging.logThreads, logging.logProcesses)
     try:
         logs.configure("WARNING", "json")
         assert len(root.handlers) == 1
         assert isinstance(root.handlers[0].formatter, JsonFormatter)
         assert root.level == logging.WARNING
+        # What no line shows is not looked up for each record: the caller, thread and pid.
+        line = logging.getLogger("celery.worker.strategy").makeRecord(
+            "celery.worker.strategy", logging.WARNING, "(unknown file)", 0, "x", (), None
+        )
+        assert (line.thread, line.process) == (None, None)
+        assert logging._srcfile is None
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        logging._srcfile, logging.logThreads, logging.logProcesses = lookups
 
 
 def test_celery_lines_about_a_task_outside_it_name_the_task() -> None:

