@@ -214,6 +214,7 @@ class WorkerSpec:
     credential_seconds: int = 900
     leeway: float = 60.0
     extra_args: tuple[str, ...] = ()  # more flags for our worker (``--events``)
+    source: Path | None = None  # the ``src`` folder our worker imports from; None: this checkout
 
     @property
     def label(self) -> str:
@@ -248,6 +249,8 @@ def start_worker(stack: Stack, spec: WorkerSpec, queue: str) -> Child:
     port = stack.slow_model_port if spec.slow_model else stack.model_port
     log_path = stack.folder / f"worker-{queue}.log"
     env = aws_environment(stack.moto_endpoint) if stack.aws else {}
+    if spec.source is not None:
+        env |= {"PYTHONPATH": str(spec.source)}  # ahead of this checkout's editable install
     if spec.impl == "forwarder":
         extra = []
         if spec.callback or spec.firehose != "off":

@@ -1,7 +1,7 @@
 """Short modes of the Redis CPU benchmarks: every kind of row runs and the tables report each.
 
-``bench/redis_cpu.py`` (the floor loop, ours and plain Celery) and ``bench/process_cpu.py`` (each
-process of a prefork worker). Only that they complete and report: the short sizes say nothing
+``bench/redis_cpu.py`` (the floor loop, ours and plain Celery), ``bench/process_cpu.py`` (each
+process of a prefork worker) and ``bench/ab_revisions.py`` (two revisions of the worker). Only that they complete and report: the short sizes say nothing
 about whether a target is met.
 """
 
@@ -66,4 +66,18 @@ def test_process_cpu_reports_every_process_of_both_workers(tmp_path: Path) -> No
         assert run["ms_per_task"]["child 1"] > 0, (impl, run)
     assert runs["forwarder"][0]["failed"] == 0, runs["forwarder"]
     assert "| forwarder |" in completed.stdout and "| plain Celery |" in completed.stdout
+    assert "median of 1 rounds" in completed.stdout
+
+
+def test_ab_revisions_drains_with_both_revisions(tmp_path: Path) -> None:
+    out = tmp_path / "drains.json"
+    completed = run_bench(
+        "ab_revisions.py", "--base", "HEAD", "--tasks", "30", "--rounds", "1", "--json", str(out)
+    )
+    drains = json.loads(out.read_text())
+    assert set(drains) == {"base", "head"}
+    for name, (drain,) in drains.items():
+        assert drain["failed"] == 0, (name, drain)
+        assert drain["tasks_per_s"] > 0 and drain["cpu_ms_per_task"] > 0, (name, drain)
+    assert "| base (HEAD) |" in completed.stdout and "| this checkout |" in completed.stdout
     assert "median of 1 rounds" in completed.stdout

@@ -128,7 +128,7 @@ def configure(level: str, fmt: str, queue: str | None = None, library_level: str
     """
     # What no line here shows, each record would still look up (the logging HOWTO's
     # "Optimization"): the caller's frame, the thread, the pid. A worker writes two lines per
-    # task at INFO (received, succeeded); the lookups cost a prefork worker 8% of its tasks/s.
+    # task at INFO (received, succeeded).
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
