@@ -1,8 +1,8 @@
 """Short modes of the Redis CPU benchmarks: every kind of row runs and the tables report each.
 
 ``bench/redis_cpu.py`` (the floor loop, ours and plain Celery), ``bench/process_cpu.py`` (each
-process of a prefork worker) and ``bench/ab_revisions.py`` (two revisions of the worker). Only that they complete and report: the short sizes say nothing
-about whether a target is met.
+process of a prefork worker) and ``bench/ab_revisions.py`` (two revisions of the worker). Only
+that they complete and report: the short sizes say nothing about whether a target is met.
 """
 
 from __future__ import annotations

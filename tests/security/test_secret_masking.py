@@ -24,11 +24,14 @@ PASSWORD = "hunter2 with spaces, and commas"
 
 @pytest.fixture
 def restored_logging() -> Iterator[None]:
-    """The root logger's handlers and level, and the libraries' levels, as they were."""
+    """The root logger's handlers and level, the libraries' levels and the records' lookups, as
+    they were."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     libraries = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    lookups = (logging._srcfile, logging.logThreads, logging.logProcesses)
     yield
+    logging._srcfile, logging.logThreads, logging.logProcesses = lookups
     for handler in list(root.handlers):
         root.removeHandler(handler)
     for handler in handlers:
