@@ -25,8 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness import Stack, WorkerSpec, cpu_seconds, start_worker, tree_processes
-from load import prefill, rate, wait_results
+from harness import Stack, WorkerSpec
+from process_cpu import drain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,32 +43,14 @@ def export_source(revision: str, folder: Path) -> Path:
     return folder / "src"
 
 
-def drain(stack: Stack, spec: WorkerSpec, tasks: int) -> dict[str, Any]:
-    queue = stack.new_queue(spec.label)
-    ids = prefill(stack, queue, tasks)
-    worker = start_worker(stack, spec, queue)
-    try:
-        processes = tree_processes(worker.pid)
-        before = sum(cpu_seconds(process) for process in processes)
-        done = wait_results(stack, ids, timeout=600, alive=lambda: worker.running)
-        cpu = sum(cpu_seconds(process) for process in processes) - before
-    finally:
-        worker.stop(timeout=60)
-    return {
-        "tasks_per_s": rate(list(done.values())),
-        "cpu_ms_per_task": 1000 * cpu / tasks,
-        "failed": tasks - sum(meta.get("status") == "SUCCESS" for meta in done.values()),
-    }
-
-
 def report(base: str, runs: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
-        "| worker | tasks/s, each round | median | CPU ms/task, median | failed |",
+        "| worker | tasks/s, each round | median | worker CPU ms/task, median | failed |",
         "|---|---|---|---|---|",
     ]
     for name, label in (("base", f"base ({base})"), ("head", "this checkout")):
         speeds = [run["tasks_per_s"] for run in runs[name]]
-        cpu = statistics.median(run["cpu_ms_per_task"] for run in runs[name])
+        cpu = statistics.median(run["worker_ms_per_task"] for run in runs[name])
         failed = sum(run["failed"] for run in runs[name])
         shown = ", ".join(f"{speed:.0f}" for speed in speeds)
         lines.append(
@@ -77,7 +59,7 @@ def report(base: str, runs: dict[str, list[dict[str, Any]]]) -> str:
     pairs = list(zip(runs["base"], runs["head"], strict=True))
     speed = statistics.median(head["tasks_per_s"] / base["tasks_per_s"] for base, head in pairs)
     cpu = statistics.median(
-        head["cpu_ms_per_task"] / base["cpu_ms_per_task"] for base, head in pairs
+        head["worker_ms_per_task"] / base["worker_ms_per_task"] for base, head in pairs
     )
     lines.append(
         f"\nthis checkout / base, median of {len(pairs)} rounds: "
@@ -99,7 +81,7 @@ def main() -> None:
 
     spec = WorkerSpec("forwarder", args.pool, args.concurrency, slow_model=args.slow_model)
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
-    with tempfile.TemporaryDirectory(prefix="ab-revisions-") as folder, Stack() as stack:
+    with tempfile.TemporaryDirectory(prefix="ab-revisions-") as folder, Stack(aws=False) as stack:
         specs = {"base": replace(spec, source=export_source(args.base, Path(folder))), "head": spec}
         for _ in range(args.rounds):
             for name, worker in specs.items():

@@ -24,8 +24,8 @@ from harness import Stack, WorkerSpec, cpu_seconds, start_worker, tree_processes
 from load import prefill, rate, wait_results
 
 
-def drain(stack: Stack, impl: str, concurrency: int, tasks: int) -> dict[str, Any]:
-    spec = WorkerSpec(impl, "prefork", concurrency)
+def drain(stack: Stack, spec: WorkerSpec, tasks: int) -> dict[str, Any]:
+    """One drain of ``tasks`` prefilled tasks: tasks/s, and each process's CPU over it."""
     queue = stack.new_queue(spec.label)
     ids = prefill(stack, queue, tasks)
     worker = start_worker(stack, spec, queue)
@@ -42,11 +42,12 @@ def drain(stack: Stack, impl: str, concurrency: int, tasks: int) -> dict[str, An
     finally:
         worker.stop(timeout=60)
     return {
-        "impl": impl,
+        "impl": spec.impl,
         "tasks_per_s": rate(list(done.values())),
         "failed": tasks - sum(meta.get("status") == "SUCCESS" for meta in done.values()),
         "cores": {name: cpu / seconds for name, cpu in spent.items()},
         "ms_per_task": {name: 1000 * cpu / tasks for name, cpu in spent.items()},
+        "worker_ms_per_task": 1000 * sum(spent[name] for name in names) / tasks,
     }
 
 
@@ -82,7 +83,8 @@ def main() -> None:
     with Stack(aws=False) as stack:
         for _ in range(args.rounds):
             for impl, done in runs.items():
-                done.append(drain(stack, impl, args.concurrency, args.tasks))
+                spec = WorkerSpec(impl, "prefork", args.concurrency)
+                done.append(drain(stack, spec, args.tasks))
     medians = [median_run(done) for done in runs.values()]
     print(table(medians))
     if args.json:

@@ -78,6 +78,6 @@ def test_ab_revisions_drains_with_both_revisions(tmp_path: Path) -> None:
     assert set(drains) == {"base", "head"}
     for name, (drain,) in drains.items():
         assert drain["failed"] == 0, (name, drain)
-        assert drain["tasks_per_s"] > 0 and drain["cpu_ms_per_task"] > 0, (name, drain)
+        assert drain["tasks_per_s"] > 0 and drain["worker_ms_per_task"] > 0, (name, drain)
     assert "| base (HEAD) |" in completed.stdout and "| this checkout |" in completed.stdout
     assert "median of 1 rounds" in completed.stdout
